@@ -1,0 +1,26 @@
+"""Solutions to notebook 03 (the online algorithm)."""
+
+import math
+
+import torch
+
+
+def online_softpick_attention(q, k, v, causal=True, block_size=16):
+    """Softpick attention one key block at a time with the running shift c = max(m, 0)."""
+    tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    c = torch.zeros(*q.shape[:-1], 1, dtype=q.dtype, device=q.device)
+    den = torch.zeros_like(c)
+    acc = torch.zeros_like(q)
+    rows = torch.arange(tq, device=q.device)[:, None]
+    for start in range(0, tk, block_size):
+        kb, vb = k[..., start : start + block_size, :], v[..., start : start + block_size, :]
+        s = q @ kb.transpose(-1, -2) / math.sqrt(d)
+        cols = torch.arange(start, start + kb.shape[-2], device=q.device)[None, :]
+        keep = cols <= rows + tk - tq if causal else torch.ones_like(s, dtype=torch.bool)
+        c_new = torch.maximum(c, s.masked_fill(~keep, float("-inf")).amax(-1, keepdim=True))
+        r = torch.exp(c - c_new)
+        p = (torch.exp(s - c_new) - torch.exp(-c_new)).masked_fill(~keep, 0.0)
+        den = den * r + p.abs().sum(-1, keepdim=True)
+        acc = acc * r + torch.relu(p) @ vb
+        c = c_new
+    return acc / (den + 1e-6 * torch.exp(-c))

@@ -1,0 +1,12 @@
+"""Solutions to notebook 01 (the softpick math)."""
+
+import torch
+
+
+def softpick(x, dim=-1):
+    """relu(exp(x) - 1) / (sum |exp(x) - 1| + eps), shifted by c = max(max(x), 0) for stability."""
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    c = xf.amax(dim, keepdim=True).clamp(min=0).detach()
+    e = torch.exp(xf - c) - torch.exp(-c)
+    out = torch.relu(e) / (e.abs().sum(dim, keepdim=True) + 1e-6 * torch.exp(-c))
+    return out.to(x.dtype)
