@@ -27,3 +27,12 @@ __all__ = [
     "softmax1",
     "softpick",
 ]
+
+
+def __getattr__(name: str):
+    """Import the Triton kernel on first use, so `import minisoftpick` works where Triton does not."""
+    if name == "flash_softpick_attention":
+        from .kernels.flash_softpick import flash_softpick_attention
+
+        return flash_softpick_attention
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -89,6 +89,63 @@ def test_softpick_check_accepts(right):
     assert msp.checks.softpick(right) is right
 
 
+# ---- softpick Jacobian: fn(x) -> J[i, j] = d p_i / d x_j ----------------------------------------
+
+
+def softmax_jacobian(x):
+    p = torch.softmax(x, -1)
+    return torch.diag(p) - torch.outer(p, p)
+
+
+def jacobian_from(numerator_slope, denominator_slope, shift=lambda x: x.max().clamp(min=0)):
+    """(diag(numerator_slope(x, e)) - outer(p, denominator_slope(x, e))) / D, e = e^(x - c), c = shift(x)."""
+
+    def jacobian(x):
+        c = shift(x)
+        e = torch.exp(x - c)
+        den = (e - torch.exp(-c)).abs().sum() + 1e-6 * torch.exp(-c)
+        p = torch.relu(e - torch.exp(-c)) / den
+        return (torch.diag(numerator_slope(x, e)) - torch.outer(p, denominator_slope(x, e))) / den
+
+    return jacobian
+
+
+def right_numerator(x, e):
+    return (x > 0) * e
+
+
+def right_denominator(x, e):
+    return torch.sign(x) * e
+
+
+@pytest.mark.parametrize(
+    ("wrong", "property_name"),
+    [
+        (softmax_jacobian, "rows where x_i <= 0 are zero"),
+        (jacobian_from(lambda x, e: e, right_denominator), "rows where x_i <= 0 are zero"),
+        (jacobian_from(right_numerator, lambda x, e: e), "negative scores move the denominator"),
+        (lambda x: solutions.softpick_jacobian(x).mT, "transposed"),
+        (jacobian_from(right_numerator, right_denominator, shift=lambda x: 0.0 * x.max()), "large scores"),
+        (lambda x: torch.autograd.functional.jacobian(shift_by_max_alone, x), "far below zero"),
+    ],
+)
+def test_softpick_jacobian_check_rejects(wrong, property_name):
+    with pytest.raises(CheckFailed, match=property_name):
+        msp.checks.softpick_jacobian(wrong)
+
+
+@pytest.mark.parametrize(
+    "right",
+    [
+        solutions.softpick_jacobian,
+        jacobian_from(right_numerator, right_denominator),
+        lambda x: torch.autograd.functional.jacobian(msp.softpick, x),
+    ],
+)
+def test_softpick_jacobian_check_accepts(right):
+    assert msp.checks.softpick_jacobian(right) is right
+
+
 # ---- naive attention: fn(q, k, v, causal=True) -----------------------------------------------
 
 

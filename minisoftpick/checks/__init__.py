@@ -4,7 +4,21 @@ Each check prints one line per property and raises ``CheckFailed`` (an Assertion
 first failure, naming the case, where the output differs, yours vs expected, and a hint.
 """
 
-from .attention import naive_attention, online_softpick_attention, softpick
+from .attention import naive_attention, online_softpick_attention, softpick, softpick_jacobian
 from .core import CheckFailed
+from .metrics import kurtosis, sink_rate
+from .quant import quantize_rtn
+from .triton_primer import score_tile, softpick_rows
 
-__all__ = ["CheckFailed", "naive_attention", "online_softpick_attention", "softpick"]
+__all__ = [
+    "CheckFailed",
+    "kurtosis",
+    "naive_attention",
+    "online_softpick_attention",
+    "quantize_rtn",
+    "score_tile",
+    "sink_rate",
+    "softpick",
+    "softpick_jacobian",
+    "softpick_rows",
+]

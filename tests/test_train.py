@@ -1,0 +1,291 @@
+"""The trainer: schedule, flags, logs and checkpoints, exact resume, DDP equals one process, analysis."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from minisoftpick import analyze, data, synthetic, train
+from minisoftpick.model import ModelConfig, Transformer
+from minisoftpick.train import TrainConfig, evaluate, learning_rate, load_checkpoint, parse_args, preset
+
+LOG_FIELDS = {"step", "loss", "lr", "val_loss", "tokens", "elapsed"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny stand-in corpus, prepared like the real one (tests never depend on `make data`)."""
+    line = "What light through yonder window breaks? It is the east, and Juliet is the sun.\n"
+    works = {
+        name: f"{name.upper()}\n\n" + line * 12 for name in [*data.VAL_WORKS, "hamlet", "lear", "sonnets"]
+    }
+    out = tmp_path_factory.mktemp("data")
+    data.write_dataset(works, out)
+    return str(out)
+
+
+def smoke(data_dir, out, **overrides):
+    return preset("smoke", data_dir=data_dir, out=str(out), device="cpu", **overrides)
+
+
+def read_log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    model = train.train(smoke(data_dir, out))
+    return out, model
+
+
+# ---- configuration -------------------------------------------------------------------------------
+
+
+def test_learning_rate_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=100)
+    rates = [learning_rate(cfg, s) for s in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(rates[:10], rates[1:10], strict=False))
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))
+    assert learning_rate(cfg, 100) == pytest.approx(1e-4) and min(rates) >= 1e-4
+
+
+def test_flags_override_the_preset():
+    cfg = parse_args(
+        [
+            "--preset",
+            "smoke",
+            "--attention",
+            "softmax",
+            "--max-steps",
+            "7",
+            "--tokenizer",
+            "bpe",
+            "--max-minutes",
+            "1.5",
+            "--resume",
+        ]
+    )
+    assert cfg == preset(
+        "smoke", attention="softmax", max_steps=7, tokenizer="bpe", max_minutes=1.5, resume=True
+    )
+    assert parse_args([]) == train.PRESETS["cpu"]
+    with pytest.raises(SystemExit):
+        parse_args(["--attention", "sigmoid"])
+
+
+def test_presets_fit_their_purpose():
+    sizes = {}
+    for name, cfg in train.PRESETS.items():
+        train.check_config(cfg)
+        sizes[name] = Transformer(
+            train.model_config(cfg, vocab_size=54 if name == "passkey" else 84)
+        ).num_params()
+    assert sizes["smoke"] < 100_000 < sizes["cpu"] < 2_000_000
+    assert 4_000_000 <= sizes["gpu"] <= 50_000_000
+
+
+@pytest.mark.parametrize(
+    ("overrides", "world_size", "message"),
+    [
+        (dict(task="wikipedia"), 1, "task must be"),
+        (dict(tokenizer="word"), 1, "tokenizer must be"),
+        (dict(attention="sigmoid"), 1, "attention must be"),
+        (dict(max_steps=0), 1, "max_steps"),
+        (dict(batch_size=6), 4, "multiple of the number of processes"),
+        (dict(min_lr=1.0), 1, "min_lr"),
+        (dict(device="tpu"), 1, "device must be"),
+    ],
+)
+def test_bad_config_is_rejected(overrides, world_size, message):
+    with pytest.raises(ValueError, match=message):
+        train.check_config(preset("smoke", **overrides), world_size)
+
+
+# ---- a smoke run -----------------------------------------------------------------------------------
+
+
+def test_smoke_run_logs_learns_and_checkpoints(smoke_run):
+    out, model = smoke_run
+    log = read_log(out)
+    assert all(set(record) == LOG_FIELDS for record in log)
+    assert [r["step"] for r in log] == [5, 10, 15, 20]
+    assert [r["val_loss"] is not None for r in log] == [False, True, False, True]
+    assert log[-1]["tokens"] == 20 * 8 * 32
+    assert log[-1]["loss"] < log[0]["loss"] - 0.3 and log[-1]["val_loss"] < log[1]["val_loss"]
+    state = train.read_checkpoint(out)
+    assert state["step"] == 20 and state["train_config"]["attention"] == "softpick"
+    assert set(state) >= {"model_config", "train_config", "model", "optimizer", "rng", "step"}
+
+
+def test_load_checkpoint_and_evaluate_reproduce_the_run(smoke_run, data_dir):
+    out, model = smoke_run
+    loaded = load_checkpoint(out)
+    assert not loaded.training
+    idx = torch.randint(0, model.config.vocab_size, (2, 16))
+    torch.testing.assert_close(loaded(idx), model(idx))
+    val = data.load_tokens("val", "char", data_dir)
+    cfg = preset("smoke")
+    loss = evaluate(loaded, val, batch_size=cfg.batch_size, max_batches=cfg.eval_batches)
+    assert loss == pytest.approx(read_log(out)[-1]["val_loss"], rel=1e-6)
+    assert evaluate(
+        loaded,
+        torch.from_numpy(np.asarray(val, dtype=np.int64)),
+        batch_size=cfg.batch_size,
+        max_batches=cfg.eval_batches,
+    ) == pytest.approx(loss, rel=1e-6)
+
+
+def test_save_weights_is_a_small_loadable_copy(smoke_run, tmp_path):
+    out, model = smoke_run
+    compact = train.save_weights(out, tmp_path / "model.pt")
+    state = train.read_checkpoint(compact)
+    assert "optimizer" not in state and state["step"] == 20
+    assert all(t.dtype == torch.bfloat16 for t in state["model"].values())
+    assert compact.stat().st_size < (out / train.CHECKPOINT).stat().st_size / 4
+    loaded = load_checkpoint(compact)
+    for name, weight in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], weight.bfloat16().float())
+
+
+def test_evaluate_scores_only_targets_not_minus_100():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=11, seq_len=8, n_layers=1, n_heads=2, d_model=16))
+    x = torch.randint(0, 11, (3, 8))
+    y = torch.randint(0, 11, (3, 8))
+    y[:, :5] = -100
+    logits = model(x)
+    expected = torch.nn.functional.cross_entropy(logits[:, 5:].flatten(0, 1), y[:, 5:].flatten())
+    batches = [(x[:2], y[:2]), (x[2:], y[2:])]
+    assert evaluate(model, batches) == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="no scored target"):
+        evaluate(model, [(x, torch.full_like(y, -100))])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    log = tmp_path / "train.txt"
+    log.write_text("passkey preset, softmax attention\n")
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        load_checkpoint(log)
+
+
+def test_resume_continues_exactly(data_dir, tmp_path, monkeypatch):
+    cfg = dict(max_steps=6, log_interval=1, eval_interval=3, checkpoint_interval=3)
+    straight = train.train(smoke(data_dir, tmp_path / "straight", **cfg))
+
+    real_generator = train.step_generator
+
+    def interrupted_after_step_3(seed, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_generator(seed, step)
+
+    monkeypatch.setattr(train, "step_generator", interrupted_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(smoke(data_dir, tmp_path / "resumed", **cfg))
+    monkeypatch.setattr(train, "step_generator", real_generator)
+    resumed = train.train(smoke(data_dir, tmp_path / "resumed", resume=True, **cfg))
+
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    a, b = train.read_checkpoint(tmp_path / "straight"), train.read_checkpoint(tmp_path / "resumed")
+    assert a["step"] == b["step"] == 6
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+    def curve(out):
+        return [(r["step"], r["loss"], r["lr"], r["val_loss"]) for r in read_log(out)]
+
+    assert curve(tmp_path / "resumed") == curve(tmp_path / "straight")
+
+
+def test_resume_refuses_another_model(data_dir, smoke_run):
+    out, _ = smoke_run
+    with pytest.raises(ValueError, match="--resume"):
+        train.train(smoke(data_dir, out, d_model=64, resume=True))
+
+
+def test_passkey_task_trains_on_scored_answers_only(tmp_path):
+    cfg = preset(
+        "smoke", task="passkey", seq_len=24, max_steps=4, eval_interval=4, out=str(tmp_path), device="cpu"
+    )
+    model = train.train(cfg)
+    assert model.config.vocab_size == synthetic.VOCAB_SIZE
+    log = read_log(tmp_path)
+    assert np.isfinite(log[-1]["val_loss"])
+
+
+# ---- data parallel ---------------------------------------------------------------------------------
+
+
+WORKER = """
+    import os, sys, torch
+    from minisoftpick.train import parse_args, train
+    model = train(parse_args(sys.argv[1:]))
+    out = sys.argv[sys.argv.index("--out") + 1]
+    torch.save(model.state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+"""
+
+
+def test_two_processes_end_with_the_weights_of_one(data_dir, tmp_path):
+    """torchrun, 2 CPU processes over gloo, each half of the global batch: both ranks hold the same
+    weights, and they equal a single process trained on the whole batch (up to float rounding)."""
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(WORKER))
+    flags = ["--preset", "smoke", "--max-steps", "6", "--data-dir", data_dir, "--device", "cpu"]
+    env = {**os.environ, "MSP_FAST": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            *flags,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "ddp" / "rank0.pt")
+    rank1 = torch.load(tmp_path / "ddp" / "rank1.pt")
+    single = train.train(parse_args([*flags, "--out", str(tmp_path / "single")])).state_dict()
+    torch.manual_seed(0)  # the trainer's initialisation
+    initial = Transformer(ModelConfig(**train.read_checkpoint(tmp_path / "single")["model_config"]))
+    for name, weight in single.items():
+        assert torch.equal(rank0[name], rank1[name]), name
+        torch.testing.assert_close(rank0[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    assert any(not torch.equal(initial.state_dict()[name], w) for name, w in single.items())  # it trained
+    ddp_log, single_log = read_log(tmp_path / "ddp"), read_log(tmp_path / "single")
+    assert [r["loss"] for r in ddp_log] == pytest.approx([r["loss"] for r in single_log], rel=1e-4)
+
+
+# ---- the analysis command ----------------------------------------------------------------------------
+
+
+def test_analyze_command_writes_json_and_plots(smoke_run, tmp_path):
+    out, _ = smoke_run
+    analyze.main([str(out), "--split", "val", "--out", str(tmp_path), "--batch-size", "3"])
+    report = json.loads((tmp_path / "analysis.json").read_text())
+    assert report["split"] == "val" and report["step"] == 20 and report["batch"] == [3, 32]
+    assert len(report["layers"]) == 2 and len(report["layers"][0]["first_token_attention"]) == 2
+    assert 0 <= report["sink_rate"] <= 1 and 0 <= report["attention_sparsity"] <= 1
+    for plot in ("attention_maps.png", "sink_rate.png", "activations.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
