@@ -6,12 +6,14 @@ first failure, naming the case, where the output differs, yours vs expected, and
 
 from .attention import naive_attention, online_softpick_attention, softpick, softpick_jacobian
 from .core import CheckFailed
+from .flash import flash_forward, softpick_score_grad
 from .metrics import kurtosis, sink_rate
 from .quant import quantize_rtn
 from .triton_primer import score_tile, softpick_rows
 
 __all__ = [
     "CheckFailed",
+    "flash_forward",
     "kurtosis",
     "naive_attention",
     "online_softpick_attention",
@@ -21,4 +23,5 @@ __all__ = [
     "softpick",
     "softpick_jacobian",
     "softpick_rows",
+    "softpick_score_grad",
 ]
