@@ -1,0 +1,72 @@
+"""The two roofs of a roofline on this GPU: bf16 matmul FLOP/s and memory bandwidth, measured.
+
+    python bench/bench_roofs.py [--out results/bench_roofs]
+
+Matmul: C = A @ B with bf16 A, B of N x N (N = 4096, 8192, 16384), 2 N^3 FLOPs; the best of the
+sizes is the compute roof. Bandwidth: a device-to-device copy of a tensor of S bytes
+(S = 256 MiB to 4 GiB) reads S and writes S; the best of the sizes is the memory roof. Each timed
+with triton.testing.do_bench (median). Writes <out>.json (every number, the machine, versions,
+date, command) and prints a table. Notebook 06 draws its roofline from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+MATMUL_SIZES = (4096, 8192, 16384)
+COPY_MIB = (256, 1024, 4096)
+
+
+def matmul_flops(n: int) -> float:
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    ms = triton.testing.do_bench(lambda: a @ b, warmup=25, rep=100, return_mode="median")
+    return 2 * n**3 / (ms * 1e-3)
+
+
+def copy_bandwidth(mib: int) -> float:
+    src = torch.empty(mib * 2**20, device="cuda", dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")
+    return 2 * src.numel() / (ms * 1e-3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/bench_roofs", help="path prefix of the .json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_roofs.py needs a CUDA GPU")
+    matmul = {n: matmul_flops(n) for n in MATMUL_SIZES}
+    copy = {mib: copy_bandwidth(mib) for mib in COPY_MIB}
+    report = {
+        "machine": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "bf16_matmul_flops": {str(n): f for n, f in matmul.items()},
+        "copy_bytes_per_s": {str(m): b for m, b in copy.items()},
+        "peak_flops": max(matmul.values()),
+        "bandwidth_bytes_per_s": max(copy.values()),
+    }
+    out = Path(args.out).with_suffix(".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(report["machine"])
+    for n, f in matmul.items():
+        print(f"bf16 matmul {n:>5} x {n:<5}  {f / 1e12:7.1f} TFLOP/s")
+    for m, b in copy.items():
+        print(f"copy {m:>5} MiB            {b / 1e12:7.2f} TB/s (read + write)")
+
+
+if __name__ == "__main__":
+    main()
