@@ -31,11 +31,11 @@ $(DATA): | $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check minisoftpick kernels tests bench
+	$(BIN)/ruff format --check minisoftpick kernels tests bench experiments
 
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
-	$(BIN)/ruff format minisoftpick kernels tests bench
+	$(BIN)/ruff format minisoftpick kernels tests bench experiments
 
 bench: $(INSTALLED)  ## GPU benchmark table (needs CUDA)
 	$(BIN)/python bench/bench_attention.py

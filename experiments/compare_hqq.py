@@ -33,7 +33,9 @@ def main() -> None:
     args = parser.parse_args()
     model = load_checkpoint(args.checkpoint)
     print(f"{args.checkpoint}, group {args.group_size}: mean |w - w_hat| over all quantized linear layers")
-    print("bits | RTN       | HQQ (hqq library) | HQQ (minisoftpick) | layers where ours <= library | ours vs library, rel. diff")
+    print(
+        "bits | RTN       | HQQ (hqq library) | HQQ (minisoftpick) | layers where ours <= library | ours vs library, rel. diff"
+    )
     for bits in (4, 3, 2):
         errors, wins, diffs = {"rtn": [], "lib": [], "ours": []}, 0, []
         for _, linear in quantized_linears(model):

@@ -7,8 +7,9 @@ Every model is scored on the same held-out windows (``train.evaluate``: ``--batc
 ``--batch-size`` windows of ``--seq-len`` characters, spread evenly over the validation plays), once
 per setting, through ``quant.evaluate_settings``. Writes ``<out>/quantization.json`` (the rows and how
 they were made), ``<out>/quantization.png`` and prints a markdown table of the losses.
-(``OMP_NUM_THREADS=1``: on a small shared CPU, one thread ran the sweep several times faster than
-two, whose threads waited on each other at every small elementwise op.)
+(``OMP_NUM_THREADS=1``: on this project's 2-core CPU shared with other jobs, one thread ran an evaluation
+several times and an HQQ quantization over 20 times faster than two threads, which waited on each other
+at every small elementwise op.)
 """
 
 import argparse
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", type=Path, help="LM checkpoints (train.load_checkpoint)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     val_tokens = load_tokens("val", "char")

@@ -1,10 +1,10 @@
 """minisoftpick: softpick attention end to end (arXiv 2504.20966).
 
-    import minisoftpick as msp
-    msp.softpick(x, dim=-1, eps=1e-6, mask=None)
-    msp.naive_attention(q, k, v, causal=True, scale=None, normalizer="softpick", return_weights=False)
-    msp.online_softpick_attention(q, k, v, causal=True, block_size=64)
-    msp.flash_softpick_attention(q, k, v, causal=True, scale=None)     # Triton
+import minisoftpick as msp
+msp.softpick(x, dim=-1, eps=1e-6, mask=None)
+msp.naive_attention(q, k, v, causal=True, scale=None, normalizer="softpick", return_weights=False)
+msp.online_softpick_attention(q, k, v, causal=True, block_size=64)
+msp.flash_softpick_attention(q, k, v, causal=True, scale=None)     # Triton
 """
 
 from . import checks, course

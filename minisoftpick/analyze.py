@@ -15,6 +15,7 @@ and writes to ``--out``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from . import metrics
-from .data import evenly_spaced_batches, load_tokens
+from .data import DATA_DIR, evenly_spaced_batches, load_tokens
 from .model import Capture, Transformer
 from .train import (
     PASSKEY_VAL_SEED,
@@ -35,6 +36,15 @@ from .train import (
     read_checkpoint,
     step_generator,
 )
+
+
+def run_config(state: dict) -> TrainConfig:
+    """The ``TrainConfig`` of a checkpoint's run; a ``data_dir`` missing here (the run was trained on
+    another machine) becomes this checkout's ``DATA_DIR`` (``load_tokens`` checks the files' sha256s)."""
+    cfg = TrainConfig(**state["train_config"])
+    if not Path(cfg.data_dir).is_dir():
+        cfg = dataclasses.replace(cfg, data_dir=str(DATA_DIR))
+    return cfg
 
 
 def analysis_batch(cfg: TrainConfig, split: str, batch_size: int) -> Batch:
@@ -160,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tol", type=float, default=1e-5, help="weights <= tol count as zero")
     args = parser.parse_args(argv)
     state = read_checkpoint(args.checkpoint)
-    cfg = TrainConfig(**state["train_config"])
+    cfg = run_config(state)
     model = load_checkpoint(args.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
     x, y = analysis_batch(cfg, args.split, args.batch_size)
     report, capture = analyze(model, x, y, threshold=args.threshold, tol=args.tol)

@@ -18,13 +18,13 @@ that batch, gradients averaged by DDP) compute the same update as one process.
 ``--task passkey`` trains on the synthetic passkey-retrieval task of ``minisoftpick.synthetic``
 instead of Shakespeare.
 
-The CPU recipe, measured (``--preset cpu``: 825,472 parameters, char-level, 600 steps of 32 x 128
-tokens, on this project's 2-core CPU machine, torch 2.13):
+The CPU recipe, measured (``--preset cpu``: 874,624 parameters, char-level, 600 steps of 32 x 128
+tokens, on this project's 2-core CPU machine, torch 2.13, OMP_NUM_THREADS=1, the two runs side by
+side while other jobs shared the two cores, so the times overstate an idle machine's):
 
     attention   val_loss at step 600   wall time
-    softmax     1.7162                 3.2 min
-    softpick    1.7179                 3.8 min   (20.1 min for the same run, bit for bit, while
-                                                  other jobs shared the two cores)
+    softmax     1.7197                 10.7 min
+    softpick    1.7394                 12.5 min
 """
 
 from __future__ import annotations

@@ -9,12 +9,14 @@ from .core import CheckFailed
 from .flash import flash_forward, softpick_score_grad
 from .metrics import kurtosis, sink_rate
 from .quant import quantize_rtn
+from .training import learning_rate
 from .triton_primer import score_tile, softpick_rows
 
 __all__ = [
     "CheckFailed",
     "flash_forward",
     "kurtosis",
+    "learning_rate",
     "naive_attention",
     "online_softpick_attention",
     "quantize_rtn",

@@ -10,9 +10,11 @@ from .online_softpick import online_softpick_attention
 from .quantization import quantize_rtn
 from .sinks_and_activations import kurtosis, sink_rate
 from .softpick_math import softpick, softpick_jacobian
+from .training import learning_rate
 
 __all__ = [
     "kurtosis",
+    "learning_rate",
     "naive_attention",
     "online_softpick_attention",
     "quantize_rtn",
