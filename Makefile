@@ -21,6 +21,7 @@ lab: $(INSTALLED) $(DATA)  ## open the course in JupyterLab
 
 test: $(INSTALLED) $(DATA)  ## ruff, unit tests, every notebook under nbval (CPU, FAST presets, solutions)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check minisoftpick kernels tests bench experiments
 	MSP_FAST=1 MSP_SOLUTIONS=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=900 -p no:cacheprovider
 
