@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DATA := data/shakespeare/meta.json
 LAB_ARGS ?=
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)  # containers often run as root; Jupyter refuses without it
 
 .PHONY: lab test data lint format bench lock clean
 
@@ -17,7 +18,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 	touch $@
 
 lab: $(INSTALLED) $(DATA)  ## open the course in JupyterLab
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_ARGS) $(LAB_ARGS)
 
 test: $(INSTALLED) $(DATA)  ## ruff, unit tests, every notebook under nbval (CPU, FAST presets, solutions)
 	$(BIN)/ruff check .

@@ -9,12 +9,6 @@ import minisoftpick as msp
 from minisoftpick import solutions
 from minisoftpick.checks import CheckFailed
 
-
-@pytest.fixture(autouse=True)
-def learner_mode(monkeypatch):
-    monkeypatch.delenv("MSP_SOLUTIONS", raising=False)
-
-
 # ---- softpick: fn(x, dim=-1) ------------------------------------------------------------------
 
 

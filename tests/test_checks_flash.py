@@ -14,11 +14,6 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 
-@pytest.fixture(autouse=True)
-def learner_mode(monkeypatch):
-    monkeypatch.delenv("MSP_SOLUTIONS", raising=False)
-
-
 def assert_rejected(check, wrong, property_name, capsys):
     with pytest.raises(CheckFailed, match=property_name) as failure:
         check(wrong)

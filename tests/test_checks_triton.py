@@ -18,11 +18,6 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 
-@pytest.fixture(autouse=True)
-def learner_mode(monkeypatch):
-    monkeypatch.delenv("MSP_SOLUTIONS", raising=False)
-
-
 # ---- softpick_rows: fn(x) -> y ------------------------------------------------------------------
 
 

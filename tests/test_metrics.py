@@ -152,11 +152,6 @@ def test_analyze_reports_the_metrics_of_the_captured_tensors():
 # ---- exercise checks ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def learner_mode(monkeypatch):
-    monkeypatch.delenv("MSP_SOLUTIONS", raising=False)
-
-
 def sink_rate_with(
     to_first=lambda w: w[..., 0], average=lambda a: a.mean(dim=(0, 2)), exceeds=torch.gt, default=0.3
 ):

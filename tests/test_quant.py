@@ -367,12 +367,6 @@ def test_evaluate_settings_rows():
 # ---- the notebook 09 exercise check --------------------------------------------------------------
 
 
-@pytest.fixture
-def learner_mode(monkeypatch):
-    """Checks run the function given, not the reference solution that MSP_SOLUTIONS=1 would pick."""
-    monkeypatch.delenv("MSP_SOLUTIONS", raising=False)
-
-
 def rtn_variant(
     *,
     symmetric=False,
@@ -430,19 +424,19 @@ WRONG_RTN = {
 
 
 @pytest.mark.parametrize("wrong", list(WRONG_RTN))
-def test_rtn_check_rejects(wrong, learner_mode, capsys):
+def test_rtn_check_rejects(wrong, capsys):
     fn, failing_property = WRONG_RTN[wrong]
     with pytest.raises(CheckFailed, match=re.escape(failing_property)):
         checks.quantize_rtn(fn)
 
 
-def test_rtn_check_accepts_the_solution_and_a_correct_variant(learner_mode, capsys):
+def test_rtn_check_accepts_the_solution_and_a_correct_variant(capsys):
     assert checks.quantize_rtn(solutions.quantize_rtn) is solutions.quantize_rtn
     correct = rtn_variant(**CLAMPED)
     assert checks.quantize_rtn(correct) is correct
 
 
-def test_rtn_check_falls_back_to_the_solution_for_a_stub(learner_mode, capsys):
+def test_rtn_check_falls_back_to_the_solution_for_a_stub(capsys):
     def stub(w, bits, group_size=64):
         raise NotImplementedError
 

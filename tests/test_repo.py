@@ -115,5 +115,6 @@ def test_make_lab_serves_the_notebooks(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=10) as reply:
             assert reply.status == 200 and b"JupyterLab" in reply.read()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
