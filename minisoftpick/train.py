@@ -19,12 +19,14 @@ that batch, gradients averaged by DDP) compute the same update as one process.
 instead of Shakespeare.
 
 The CPU recipe, measured (``--preset cpu``: 874,624 parameters, char-level, 600 steps of 32 x 128
-tokens, on this project's 2-core CPU machine, torch 2.13, OMP_NUM_THREADS=1, the two runs side by
-side while other jobs shared the two cores, so the times overstate an idle machine's):
+tokens) on this project's idle 2-core CPU machine (AMD EPYC, torch 2.13, default threads) by notebook
+07 with MSP_FAST=0, whose cells run ``train(preset("cpu", attention=...))``, the same call as the
+command line above; the val_loss column was reproduced to 4 decimals by a second pair of runs
+(OMP_NUM_THREADS=1, sharing the cores with other jobs, 10.7 and 12.5 min):
 
     attention   val_loss at step 600   wall time
-    softmax     1.7197                 10.7 min
-    softpick    1.7394                 12.5 min
+    softmax     1.7197                 3.2 min
+    softpick    1.7394                 4.1 min
 """
 
 from __future__ import annotations
