@@ -16,3 +16,8 @@ if not torch.cuda.is_available():
 def interpreting() -> bool:
     """True when Triton kernels run through the interpreter (on the CPU)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernel_device() -> str:
+    """Where tensors for the kernels must live here: "cpu" under the interpreter, else "cuda"."""
+    return "cpu" if interpreting() else "cuda"

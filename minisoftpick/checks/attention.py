@@ -284,7 +284,7 @@ def _attention_properties(fn: Callable, report: Report) -> None:
         )
     report.ok("shape")
 
-    q, k, v = _qkv_with_scores(g, -torch.rand(6, generator=g, dtype=torch.float64) * 3 - 0.01, tq=6, d=8)
+    q, k, v = qkv_with_scores(g, -torch.rand(6, generator=g, dtype=torch.float64) * 3 - 0.01, tq=6, d=8)
     compare(
         report,
         "rows of negative scores attend to nothing",
@@ -414,7 +414,7 @@ def _online_properties(fn: Callable, report: Report) -> None:
     report.ok("non-causal and Tq != Tk")
 
     scores = torch.tensor([-200.0] * 6 + [0.5, 1.0, 2.0, -1.0, 0.3, 1.5], dtype=torch.float64)
-    q, k, v = _qkv_with_scores(g, scores, tq=4, d=8)
+    q, k, v = qkv_with_scores(g, scores, tq=4, d=8)
     compare(
         report,
         "first key block far below zero",
@@ -426,7 +426,7 @@ def _online_properties(fn: Callable, report: Report) -> None:
     )
     report.ok("first key block far below zero")
 
-    q, k, v = _qkv_with_scores(g, -torch.rand(9, generator=g, dtype=torch.float64) * 3 - 0.01, tq=9, d=8)
+    q, k, v = qkv_with_scores(g, -torch.rand(9, generator=g, dtype=torch.float64) * 3 - 0.01, tq=9, d=8)
     compare(
         report,
         "rows of negative scores give zeros",
@@ -439,7 +439,7 @@ def _online_properties(fn: Callable, report: Report) -> None:
     report.ok("rows of negative scores give zeros")
 
 
-def _qkv_with_scores(g: torch.Generator, scores: torch.Tensor, tq: int, d: int):
+def qkv_with_scores(g: torch.Generator, scores: torch.Tensor, tq: int, d: int):
     """q, k, v [1, 1, T, d] where every query's scaled score for key j is exactly scores[j]."""
     q = torch.zeros(1, 1, tq, d, dtype=torch.float64)
     q[..., 0] = 1.0

@@ -16,11 +16,10 @@ from torch import Tensor
 
 from .. import solutions
 from ..attention import naive_attention as reference_attention
-from ..kernels import interpreting
+from ..kernels import interpreting, kernel_device
 from ..normalizers import softpick as reference_softpick
-from .attention import _qkv_with_scores
+from .attention import qkv_with_scores
 from .core import Report, compare, run_exercise
-from .triton_primer import _device
 
 
 def flash_forward(fn: Callable) -> Callable:
@@ -42,11 +41,11 @@ def _flash_forward_properties(fn: Callable, report: Report) -> None:
 
     def run(prop: str, case: str, q: Tensor, k: Tensor, v: Tensor, hint: str, **kwargs) -> None:
         expected = reference_attention(q, k, v, **kwargs)
-        yours = fn(*(x.float().to(_device()) for x in (q, k, v)), **kwargs)
+        yours = fn(*(x.float().to(kernel_device()) for x in (q, k, v)), **kwargs)
         compare(report, prop, case, yours, expected, hint, **tol)
         report.ok(prop)
 
-    q, k, v = (x.float().to(_device()) for x in qkv(16, 16))
+    q, k, v = (x.float().to(kernel_device()) for x in qkv(16, 16))
     out = fn(q, k, v)
     if (
         not isinstance(out, Tensor)
@@ -107,7 +106,7 @@ def _flash_forward_properties(fn: Callable, report: Report) -> None:
     run(
         "rows of negative scores give zeros",
         "every score in (-3, 0), causal, T = 20",
-        *_qkv_with_scores(g, scores, tq=20, d=16),
+        *qkv_with_scores(g, scores, tq=20, d=16),
         "softpick gives scores <= 0 zero weight: relu(p) in the output, |p| in the denominator",
     )
 
@@ -115,7 +114,7 @@ def _flash_forward_properties(fn: Callable, report: Report) -> None:
     run(
         "first key block far below zero",
         "non-causal, keys 0-15 score -200, keys 16-39 score 2 * N(0, 1), Tq = 4 (float32)",
-        *_qkv_with_scores(g, scores, tq=4, d=16),
+        *qkv_with_scores(g, scores, tq=4, d=16),
         "start c at 0 (tl.zeros), not at -inf: shifting by the row max m alone makes exp(-m) overflow in "
         "the first block, and the next block's rescale gives inf * 0 = NaN",
         causal=False,

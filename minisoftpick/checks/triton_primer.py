@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import solutions
-from ..kernels import interpreting
+from ..kernels import interpreting, kernel_device
 from ..normalizers import softpick as reference_softpick
 from .core import Report, compare, run_exercise
 
@@ -22,16 +22,14 @@ _SPARE_ROWS = 32  # guard rows after the last row: more than any block a kernel 
 _GUARD = 1e4  # what an unmasked load finds past the end: a huge score, which also swamps softpick's shift c
 
 
-def _device() -> str:
-    return "cpu" if interpreting() else "cuda"
-
-
 def _guarded(x: Tensor, row_stride: int | None = None, guard: float = _GUARD) -> Tensor:
     """A view equal to the 2-D ``x`` with rows ``row_stride`` apart (default: contiguous) inside a buffer
     whose other entries, and ``_SPARE_ROWS`` rows after the last, hold ``guard``."""
     rows, cols = x.shape
     row_stride = cols if row_stride is None else row_stride
-    buffer = torch.full(((rows + _SPARE_ROWS) * row_stride,), guard, dtype=torch.float32, device=_device())
+    buffer = torch.full(
+        ((rows + _SPARE_ROWS) * row_stride,), guard, dtype=torch.float32, device=kernel_device()
+    )
     view = buffer.view(-1, row_stride)[:rows, :cols]
     view.copy_(x)
     return view
