@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from .. import solutions, train
+from .. import solutions
 from .core import Report, compare, run_exercise
+
+if TYPE_CHECKING:  # the trainer is imported when a check runs, not with the package
+    from ..train import TrainConfig
 
 
 def learning_rate(fn: Callable) -> Callable:
@@ -15,8 +19,10 @@ def learning_rate(fn: Callable) -> Callable:
     return run_exercise("learning_rate", fn, solutions.learning_rate, _learning_rate_properties)
 
 
-def _schedule(fn: Callable, cfg: train.TrainConfig, steps: range, report: Report, prop: str, case: str):
+def _schedule(fn: Callable, cfg: TrainConfig, steps: range, report: Report, prop: str, case: str):
     """``fn``'s learning rates at ``steps`` and the trainer's, as float64 tensors."""
+    from .. import train
+
     yours = []
     for step in steps:
         value = fn(cfg, step)
@@ -28,6 +34,8 @@ def _schedule(fn: Callable, cfg: train.TrainConfig, steps: range, report: Report
 
 
 def _learning_rate_properties(fn: Callable, report: Report) -> None:
+    from .. import train
+
     cfg = train.preset("cpu", lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
     described = "lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110"
     cases = [
