@@ -13,10 +13,6 @@ from ..normalizers import softpick as reference_softpick
 from .core import Report, compare, first_difference, run_exercise
 
 
-def _generator(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _gradients(
     fn: Callable, *inputs: torch.Tensor, dtype: torch.dtype = torch.float64
 ) -> list[torch.Tensor] | None:
@@ -25,7 +21,7 @@ def _gradients(
     out = fn(*leaves)
     if not isinstance(out, torch.Tensor) or not out.requires_grad:
         return None
-    w = torch.randn(out.shape, generator=_generator(7), dtype=torch.float64).to(out.dtype)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(out.dtype)
     grads = torch.autograd.grad((out * w).sum(), leaves, allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads, strict=True)]
 
@@ -44,7 +40,7 @@ def softpick(fn: Callable) -> Callable:
 
 
 def _softpick_properties(fn: Callable, report: Report) -> None:
-    g = _generator()
+    g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, generator=g)
     out = fn(x)
     case = "x = torch.randn(3, 5)"
@@ -185,7 +181,7 @@ def softpick_jacobian(fn: Callable) -> Callable:
 
 
 def _jacobian_properties(fn: Callable, report: Report) -> None:
-    g = _generator(3)
+    g = torch.Generator().manual_seed(3)
     x = torch.randn(5, generator=g, dtype=torch.float64)
     out = fn(x)
     if not isinstance(out, torch.Tensor) or out.shape != (5, 5):
@@ -271,7 +267,7 @@ def _qkv(g: torch.Generator, b: int, h: int, tq: int, tk: int, d: int, std: floa
 
 
 def _attention_properties(fn: Callable, report: Report) -> None:
-    g = _generator(1)
+    g = torch.Generator().manual_seed(1)
     q, k, v = _qkv(g, 2, 3, 6, 6, 8)
     out = fn(q, k, v, causal=True)
     if not isinstance(out, torch.Tensor) or out.shape != q.shape:
@@ -380,7 +376,7 @@ def online_softpick_attention(fn: Callable) -> Callable:
 
 
 def _online_properties(fn: Callable, report: Report) -> None:
-    g = _generator(2)
+    g = torch.Generator().manual_seed(2)
     q, k, v = _qkv(g, 2, 2, 20, 20, 8, std=1.5)
     expected = reference_attention(q, k, v)
     for block in (1, 7, 16, 64):

@@ -16,10 +16,6 @@ def quantize_rtn(fn: Callable) -> Callable:
     return run_exercise("quantize_rtn", fn, solutions.quantize_rtn, _rtn_properties)
 
 
-def _generator(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _grid_weights(bits: int, group_size: int, steps: list[float], zeros: list[int], g: torch.Generator):
     """(w, k): one row per group, w = s * (k - z) with every level k in 0..2**bits - 1 used: the group's own grid."""
     k = torch.stack(
@@ -37,7 +33,7 @@ def _most_levels(out: torch.Tensor, group_size: int) -> tuple[int, int]:
 
 
 def _rtn_properties(fn: Callable, report: Report) -> None:
-    g = _generator(9)
+    g = torch.Generator().manual_seed(9)
     for dtype in (torch.float32, torch.bfloat16):
         w = torch.randn(8, 128, generator=g).to(dtype)
         out = fn(w, 4, group_size=64)

@@ -4,6 +4,8 @@ Open these on purpose, after trying: each is written the way a learner would wri
 way the package does, and the checks in ``minisoftpick.checks`` accept them.
 """
 
+import importlib
+
 from .flash_backward import softpick_score_grad
 from .naive_attention import naive_attention
 from .online_softpick import online_softpick_attention
@@ -25,15 +27,13 @@ __all__ = [
 ]
 
 
+# Notebook 04's and 05's launchers, imported on first use: their modules define Triton kernels.
+LAZY = {"score_tile": "triton_primer", "softpick_rows": "triton_primer", "flash_forward": "flash_forward"}
+
+
 def __getattr__(name: str):
-    """Notebook 04's and 05's launchers, imported on first use: their modules define Triton kernels."""
-    if name in ("score_tile", "softpick_rows"):
-        from . import triton_primer
-
-        return getattr(triton_primer, name)
-    if name == "flash_forward":
-        from .flash_forward import flash_forward
-
-        globals()["flash_forward"] = flash_forward  # the import bound this name to the submodule
-        return flash_forward
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    solution = getattr(importlib.import_module(f".{LAZY[name]}", __name__), name)
+    globals()[name] = solution  # also replaces a submodule of the same name that the import bound here
+    return solution
