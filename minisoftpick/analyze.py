@@ -24,7 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import metrics
+from . import metrics, synthetic
 from .data import DATA_DIR, evenly_spaced_batches, load_tokens
 from .model import Capture, Transformer
 from .train import (
@@ -51,13 +51,12 @@ def analysis_batch(cfg: TrainConfig, split: str, batch_size: int) -> Batch:
     """``batch_size`` windows of ``cfg.seq_len`` tokens spread evenly over ``split`` (passkey: samples)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if cfg.task == "passkey":
-        from . import synthetic
-
+    if cfg.task in synthetic.SYNTHETIC_TASKS:
         generator = (
             torch.Generator().manual_seed(PASSKEY_VAL_SEED) if split == "val" else step_generator(cfg.seed, 0)
         )
-        return synthetic.passkey_batch(batch_size, cfg.seq_len, generator=generator)
+        make_batch, _ = synthetic.SYNTHETIC_TASKS[cfg.task]
+        return make_batch(batch_size, cfg.seq_len, generator=generator)
     tokens = load_tokens(split, cfg.tokenizer, cfg.data_dir)
     return next(evenly_spaced_batches(tokens, batch_size, cfg.seq_len, 1))
 
@@ -96,6 +95,74 @@ def analyze(
         "layers": layers,
     }
     return report, capture
+
+
+def value_states(model: Transformer, x: Tensor, capture: Capture) -> list[Tensor]:
+    """Per layer, the value vectors [B, Hkv, T, head_dim] its attention averages: W_v RMSNorm(block input)."""
+    inputs = [model.embed(x), *capture.hidden[:-1]]
+    c = model.config
+    return [
+        block.attn.wv(block.attn_norm(h)).view(*x.shape, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        for block, h in zip(model.blocks, inputs, strict=True)
+    ]
+
+
+@torch.no_grad()
+def backcopy_report(model: Transformer, x: Tensor, task: synthetic.BigramBackcopy | None = None) -> dict:
+    """The Bigram-Backcopy phenomena of ``model`` on sequences x [B, T] of ``synthetic.backcopy_batch``.
+
+    Per layer and head: the weight on BOS at dormant (non-trigger) and active (trigger) queries, the
+    dormant rows' total weight, the active queries' weight on the previous token (the copy), the
+    BOS value norm over other tokens' (drain: << 1); per layer the BOS residual norm over other
+    tokens' (peak: >> 1); and how often the model predicts the copied token after a trigger.
+    ``task`` defaults to ``synthetic.bigram_backcopy_task()``, whose triggers define the roles.
+    """
+    task = synthetic.bigram_backcopy_task() if task is None else task
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x = x.to(device)
+    logits, capture = model(x, capture=True)
+    values = value_states(model, x, capture)
+    model.train(was_training)
+    dormant, active = (roles.to(device) for roles in synthetic.backcopy_roles(x, task.triggers))
+    copied = logits[:, 1:].argmax(-1) == x[:, :-1]  # after a trigger the next token is the one before it
+    return {
+        "triggers": list(task.triggers),
+        "dormant_queries": int(dormant.sum()),
+        "active_queries": int(active.sum()),
+        "copy_accuracy": copied[active[:, 1:]].double().mean().item(),
+        "layers": [
+            {
+                "layer": i,
+                "bos_attention_dormant": metrics.bos_attention(w, dormant).tolist(),
+                "bos_attention_active": metrics.bos_attention(w, active).tolist(),
+                "row_mass_dormant": metrics.row_mass(w, dormant).tolist(),
+                "previous_token_attention_active": metrics.previous_token_attention(w, active).tolist(),
+                "value_norm_ratio": metrics.first_token_norm_ratio(v).tolist(),
+                "residual_norm_ratio": metrics.first_token_norm_ratio(h).item(),
+            }
+            for i, (w, v, h) in enumerate(zip(capture.attn, values, capture.hidden, strict=True))
+        ],
+    }
+
+
+def describe_backcopy(report: dict, threshold: float = 0.3) -> str:
+    """One line per head of a ``backcopy_report``: the sink, the copy, the drain and the peak."""
+    lines = [f"backcopy: the model predicts the copied token at {report['copy_accuracy']:.1%} of triggers"]
+    for layer in report["layers"]:
+        for head, dormant in enumerate(layer["bos_attention_dormant"]):
+            kv_head = head * len(layer["value_norm_ratio"]) // len(layer["bos_attention_dormant"])
+            lines.append(
+                f"layer {layer['layer']} head {head}: BOS gets {dormant:.3f} of the weight at dormant "
+                f"(non-trigger) queries ({'a sink' if dormant > threshold else 'no sink'}, threshold "
+                f"{threshold}; row mass {layer['row_mass_dormant'][head]:.3f}) and "
+                f"{layer['bos_attention_active'][head]:.3f} at active (trigger) queries, which put "
+                f"{layer['previous_token_attention_active'][head]:.3f} on the previous token; BOS value "
+                f"norm {layer['value_norm_ratio'][kv_head]:.2f}x, residual norm "
+                f"{layer['residual_norm_ratio']:.2f}x other tokens'"
+            )
+    return "\n".join(lines)
 
 
 def plot_attention_maps(capture: Capture, sample: int = 0, max_tokens: int = 64) -> Figure:
@@ -175,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     x, y = analysis_batch(cfg, args.split, args.batch_size)
     report, capture = analyze(model, x, y, threshold=args.threshold, tol=args.tol)
     report.update(checkpoint=str(args.checkpoint), step=state["step"], split=args.split, batch=list(x.shape))
+    if cfg.task == "backcopy":
+        report["backcopy"] = backcopy_report(model, x)
     run_folder = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     out = args.out or run_folder / f"analysis-{args.split}"
     out.mkdir(parents=True, exist_ok=True)
@@ -188,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"mean kurtosis {report['kurtosis_mean']:.2f}, "
         f"max |activation| {report['max_abs']:.2f}; wrote {out}"
     )
+    if "backcopy" in report:
+        print(describe_backcopy(report["backcopy"], args.threshold))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,13 @@
   most ``tol``. Softmax weights are never exactly 0; softpick's are for every score <= 0.
 - Pearson kurtosis E[(x - mu)^4] / E[(x - mu)^2]^2 over all elements (3 for a Gaussian, much more
   when a few features carry massive activations) and max |x|, of the hidden states.
+- On the Bigram-Backcopy task (``synthetic.backcopy_batch``; Guo et al., arXiv 2410.13835) a head is
+  *active* at the queries where it has work to do (a trigger token: copy the previous token) and
+  *dormant* elsewhere. ``bos_attention`` and ``row_mass`` at the dormant queries show the sink
+  (softmax must put each row's weight somewhere and parks it on BOS; softpick can give a row no
+  weight), ``previous_token_attention`` at the active ones the copying. ``first_token_norm_ratio``
+  of the value states shows the *drain* (BOS's value is small, so attending to it adds almost
+  nothing), of the residual stream the *peak* (BOS's hidden state is much larger than others').
 
 Attention maps are [B, H, Tq, Tk] tensors, one per layer (``Capture.attn``).
 """
@@ -26,11 +33,15 @@ def _check_maps(weights: Sequence[Tensor]) -> None:
     if isinstance(weights, Tensor) or not isinstance(weights, Sequence) or len(weights) == 0:
         raise TypeError("weights must be a non-empty list of attention maps [B, H, Tq, Tk], one per layer")
     for layer, w in enumerate(weights):
-        if not isinstance(w, Tensor) or w.dim() != 4 or not w.is_floating_point():
-            got = f"shape {tuple(w.shape)} {w.dtype}" if isinstance(w, Tensor) else type(w).__name__
-            raise ValueError(f"weights[{layer}] must be a float tensor [B, H, Tq, Tk], got {got}")
-        if not torch.isfinite(w).all():
-            raise ValueError(f"weights[{layer}] has NaN or inf entries")
+        _check_map(w, f"weights[{layer}]")
+
+
+def _check_map(w: Tensor, name: str) -> None:
+    if not isinstance(w, Tensor) or w.dim() != 4 or not w.is_floating_point():
+        got = f"shape {tuple(w.shape)} {w.dtype}" if isinstance(w, Tensor) else type(w).__name__
+        raise ValueError(f"{name} must be a float tensor [B, H, Tq, Tk], got {got}")
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{name} has NaN or inf entries")
 
 
 def first_token_attention(w: Tensor) -> Tensor:
@@ -81,3 +92,82 @@ def kurtosis(x: Tensor) -> float:
 def max_abs(x: Tensor) -> float:
     """The largest |activation| in x."""
     return x.detach().abs().max().item()
+
+
+def _check_queries(w: Tensor, queries: Tensor) -> None:
+    _check_map(w, "w")
+    if (
+        not isinstance(queries, Tensor)
+        or queries.dtype != torch.bool
+        or queries.shape != (w.shape[0], w.shape[2])
+    ):
+        got = (
+            f"{queries.dtype} of shape {tuple(queries.shape)}"
+            if isinstance(queries, Tensor)
+            else type(queries).__name__
+        )
+        raise ValueError(f"queries must be a bool tensor [B, Tq] = {[w.shape[0], w.shape[2]]}, got {got}")
+    if not queries.any():
+        raise ValueError("queries selects no query position: there is nothing to average")
+
+
+def _mean_at_queries(values: Tensor, queries: Tensor) -> Tensor:
+    """Per head [H]: values [B, H, Tq] averaged over the selected (batch, query) positions."""
+    return (values.double() * queries[:, None]).sum(dim=(0, 2)) / queries.sum()
+
+
+def bos_attention(w: Tensor, queries: Tensor) -> Tensor:
+    """Per head [H]: the weight on key 0 (BOS), averaged over the query positions ``queries`` selects.
+
+    ``w`` [B, H, Tq, Tk], ``queries`` bool [B, Tq] (e.g. ``synthetic.backcopy_roles``). A row that
+    attends nowhere adds 0.
+    """
+    _check_queries(w, queries)
+    return _mean_at_queries(w[..., 0], queries)
+
+
+def row_mass(w: Tensor, queries: Tensor) -> Tensor:
+    """Per head [H]: the total weight of a row, averaged over the selected queries (softmax: 1)."""
+    _check_queries(w, queries)
+    return _mean_at_queries(w.sum(-1), queries)
+
+
+def previous_token_attention(w: Tensor, queries: Tensor) -> Tensor:
+    """Per head [H]: the weight query i puts on key i - 1, averaged over the selected queries.
+
+    Needs square maps (Tq = Tk) and no selected query at position 0, which has no previous token.
+    """
+    _check_queries(w, queries)
+    if w.shape[-2] != w.shape[-1]:
+        raise ValueError(f"w must be square [B, H, T, T] here, got shape {tuple(w.shape)}")
+    if queries[:, 0].any():
+        raise ValueError("queries selects position 0, which has no previous token")
+    previous = torch.zeros(w.shape[:-1], dtype=w.dtype, device=w.device)
+    previous[..., 1:] = torch.diagonal(w, offset=-1, dim1=-2, dim2=-1)
+    return _mean_at_queries(previous, queries)
+
+
+def first_token_norm_ratio(states: Tensor) -> Tensor:
+    """The L2 norm of position 0's state over the mean norm of the other positions' states.
+
+    ``states`` [B, ..., T, D], features last, positions next to last: the residual stream
+    [B, T, D] gives a 0-dim tensor, value states [B, H, T, D] one ratio per head [H]. Norms are
+    averaged over the batch (and positions 1..T-1) before dividing. Well above 1 is a *peak*,
+    well below 1 a *drain*.
+    """
+    if not isinstance(states, Tensor) or not states.is_floating_point() or states.dim() < 3:
+        got = (
+            f"{states.dtype} of shape {tuple(states.shape)}"
+            if isinstance(states, Tensor)
+            else type(states).__name__
+        )
+        raise ValueError(f"states must be a float tensor [B, ..., T, D] with T >= 2, got {got}")
+    if states.shape[-2] < 2:
+        raise ValueError(f"states must hold at least 2 positions (dim -2), got shape {tuple(states.shape)}")
+    if not torch.isfinite(states).all():
+        raise ValueError("states has NaN or inf entries")
+    norms = states.detach().double().norm(dim=-1)  # [B, ..., T]
+    others = norms[..., 1:].mean(dim=(0, -1))
+    if (others == 0).any():
+        raise ValueError("the states after position 0 are all zero: the ratio is undefined")
+    return norms[..., 0].mean(0) / others

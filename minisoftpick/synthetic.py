@@ -14,10 +14,18 @@ Token table (``TOKENS[i]`` is the text of token i, ``VOCAB_SIZE`` = 54):
 Both tasks return (x, y), LongTensors [B, seq_len]: x is the whole sequence, answer included
 (teacher forcing), and y[t] = x[t + 1] where x[t + 1] is an answer token, -100 everywhere else,
 so ``cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)`` trains retrieval only.
+
+A third task makes attention sinks form in minutes: Bigram-Backcopy (Guo et al., arXiv 2410.13835,
+"Active-Dormant Attention Heads"), with its own vocabulary (``BACKCOPY_TOKENS`` ordinary tokens and
+``BACKCOPY_BOS``) and every next token scored; see ``backcopy_batch``.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -202,3 +210,111 @@ def attention_mass_by_length(weights: Tensor) -> Tensor:
             f"weights must be a float tensor [B, H, Tq, Tk], got {weights.dtype} of shape {tuple(weights.shape)}"
         )
     return weights.detach().double().sum(-1).mean(0)
+
+
+# ---- Bigram-Backcopy: a task that grows attention sinks ---------------------------------------------
+
+BACKCOPY_TOKENS = 64  # ordinary tokens 0 .. 63
+BACKCOPY_BOS = BACKCOPY_TOKENS  # token 64 starts every sequence
+BACKCOPY_VOCAB_SIZE = BACKCOPY_TOKENS + 1
+BACKCOPY_TRIGGERS = 3
+BACKCOPY_ALPHA = 0.2  # Dirichlet concentration of each bigram row: small = peaked rows
+BACKCOPY_SEED = 0  # the one chain every backcopy run trains and is analysed on
+_STATIONARY_ITERATIONS = 1000
+
+
+@dataclass(frozen=True)
+class BigramBackcopy:
+    """One instance of the task: the bigram chain and its trigger tokens.
+
+    ``transition[a, b]`` is P(next = b | current = a) over the ordinary tokens (float64, rows sum
+    to 1); ``triggers`` are the ``num_triggers`` tokens the chain visits most often (largest
+    stationary probability), in decreasing order of frequency.
+    """
+
+    transition: Tensor
+    triggers: tuple[int, ...]
+
+
+@functools.cache
+def bigram_backcopy_task(
+    num_tokens: int = BACKCOPY_TOKENS,
+    num_triggers: int = BACKCOPY_TRIGGERS,
+    alpha: float = BACKCOPY_ALPHA,
+    seed: int = BACKCOPY_SEED,
+) -> BigramBackcopy:
+    """The task drawn from ``seed``: each bigram row ~ Dirichlet(alpha), triggers the most frequent tokens.
+
+    The default arguments are the task ``backcopy_batch`` and the ``backcopy`` training preset use.
+    """
+    if not isinstance(num_tokens, int) or num_tokens < 2:
+        raise ValueError(f"num_tokens must be an int >= 2, got {num_tokens!r}")
+    if not isinstance(num_triggers, int) or not 1 <= num_triggers < num_tokens:
+        raise ValueError(f"num_triggers must be an int in 1..{num_tokens - 1}, got {num_triggers!r}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    rows = np.random.default_rng(seed).dirichlet(np.full(num_tokens, float(alpha)), size=num_tokens)
+    transition = torch.from_numpy(rows)
+    transition = transition / transition.sum(-1, keepdim=True)
+    stationary = torch.full((num_tokens,), 1.0 / num_tokens, dtype=torch.float64)
+    for _ in range(_STATIONARY_ITERATIONS):  # every entry of the rows is > 0: the power iteration converges
+        stationary = stationary @ transition
+    triggers = tuple(stationary.argsort(descending=True)[:num_triggers].tolist())
+    return BigramBackcopy(transition, triggers)
+
+
+def backcopy_batch(
+    batch_size: int, seq_len: int, *, generator: torch.Generator, task: BigramBackcopy | None = None
+) -> tuple[Tensor, Tensor]:
+    """Bigram-Backcopy sequences: BOS, then a bigram chain, except that a trigger's successor copies back.
+
+        s[0] = BOS, s[1] uniform over the non-trigger tokens, and for t >= 1
+        s[t + 1] = s[t - 1]                    if s[t] is a trigger   (copy the token before it)
+        s[t + 1] ~ transition[s[t]]            otherwise              (follow the chain)
+
+    x = s[:seq_len] and y = s[1:seq_len + 1] (every next token is scored), LongTensors
+    [batch_size, seq_len]. Since s[1] is no trigger, the token a trigger copies is never BOS nor a
+    trigger. The copied positions are perfectly predictable by a head that looks one token back;
+    at every other position the best a head can do is nothing, which softmax cannot express.
+    ``task`` defaults to ``bigram_backcopy_task()``.
+    """
+    _check_sizes(batch_size, seq_len, generator)
+    task = bigram_backcopy_task() if task is None else task
+    if not isinstance(task, BigramBackcopy):
+        raise TypeError(f"task must be a BigramBackcopy, got {type(task).__name__}")
+    num_tokens = task.transition.shape[0]
+    is_trigger = torch.zeros(num_tokens, dtype=torch.bool)
+    is_trigger[list(task.triggers)] = True
+    others = (~is_trigger).nonzero()[:, 0]
+    s = torch.empty(batch_size, seq_len + 1, dtype=torch.long)
+    s[:, 0] = num_tokens  # BOS: the id after the ordinary tokens
+    s[:, 1] = others[torch.randint(len(others), (batch_size,), generator=generator)]
+    # Inverse-CDF sampling of the chain: u < cdf[a, b] first at b ~ transition[a] (no per-step multinomial).
+    cdf = task.transition.cumsum(-1)
+    u = torch.rand(seq_len, batch_size, 1, dtype=cdf.dtype, generator=generator) * cdf[:, -1].min()
+    for t in range(1, seq_len):
+        chain = torch.searchsorted(cdf[s[:, t]], u[t], right=True)[:, 0]
+        s[:, t + 1] = torch.where(is_trigger[s[:, t]], s[:, t - 1], chain)
+    return s[:, :-1], s[:, 1:]
+
+
+def backcopy_roles(x: Tensor, triggers: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """(dormant, active), bool [B, T]: the query positions holding a non-trigger token, and a trigger.
+
+    Position 0 (BOS) is in neither: it only sees itself. At an active position a head should copy
+    the previous token; at a dormant one it has nothing to do.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.dtype != torch.long:
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"x must be a LongTensor [batch, seq], got {got}")
+    active = torch.isin(x, torch.tensor(list(triggers), dtype=torch.long))
+    active[:, 0] = False
+    dormant = ~active
+    dormant[:, 0] = False
+    return dormant, active
+
+
+SYNTHETIC_TASKS = {  # training task name -> (batch maker, vocabulary size)
+    "passkey": (passkey_batch, VOCAB_SIZE),
+    "backcopy": (backcopy_batch, BACKCOPY_VOCAB_SIZE),
+}

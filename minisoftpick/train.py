@@ -16,7 +16,9 @@ sees the same batches as an uninterrupted one, and N data-parallel processes (ea
 that batch, gradients averaged by DDP) compute the same update as one process.
 
 ``--task passkey`` trains on the synthetic passkey-retrieval task of ``minisoftpick.synthetic``
-instead of Shakespeare.
+instead of Shakespeare; ``--preset backcopy`` on its Bigram-Backcopy task, where a softmax model
+grows an attention sink within minutes on a CPU (each evaluation then logs the sink metrics of
+``analyze.backcopy_report`` under "backcopy").
 
 The CPU recipe, measured (``--preset cpu``: 874,624 parameters, char-level, 600 steps of 32 x 128
 tokens) on this project's idle 2-core CPU machine (AMD EPYC, torch 2.13, default threads) by notebook
@@ -56,18 +58,19 @@ from .course import fast_mode
 from .data import DATA_DIR, TOKENIZERS, evenly_spaced_batches, load_tokens, random_batch, read_meta
 from .model import ModelConfig, Transformer, attention_names
 
-TASKS = ("shakespeare", "passkey")
+TASKS = ("shakespeare", "passkey", "backcopy")
 DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
-PASSKEY_VAL_SEED = 0  # training batches use seeds >= 2**32, so they never repeat a validation batch
+PASSKEY_VAL_SEED = 0  # synthetic tasks; training batches use seeds >= 2**32, so never a validation batch
+PROBE_BATCH = 64  # backcopy: validation sequences the logged sink metrics are measured on
 Batch = tuple[Tensor, Tensor]
 
 
 @dataclass
 class TrainConfig:
     preset: str = "cpu"
-    task: str = "shakespeare"  # or "passkey"
+    task: str = "shakespeare"  # or "passkey", "backcopy"
     tokenizer: str = "char"  # Shakespeare only: "char" or "bpe"
     data_dir: str = str(DATA_DIR)
     attention: str = "softpick"
@@ -148,6 +151,28 @@ PRESETS = {
         eval_batches=8,
         checkpoint_interval=1000,
     ),
+    # Bigram-Backcopy (minisoftpick.synthetic): 1 layer, 1 head, about 62k parameters; softmax puts
+    # most of a dormant query's weight on BOS within a few thousand steps on a 2-core CPU. Constant
+    # learning rate after the warm-up (min_lr = lr, after Guo et al.), so stopping early or resuming
+    # with a larger --max-steps gives the same run.
+    "backcopy": TrainConfig(
+        preset="backcopy",
+        task="backcopy",
+        n_layers=1,
+        n_heads=1,
+        d_model=64,
+        seq_len=64,
+        batch_size=64,
+        max_steps=3000,
+        lr=3e-4,
+        min_lr=3e-4,
+        warmup_steps=200,
+        weight_decay=1e-4,
+        eval_interval=100,
+        eval_batches=4,
+        log_interval=50,
+        checkpoint_interval=500,
+    ),
 }
 
 
@@ -206,14 +231,16 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def load_task(cfg: TrainConfig) -> tuple[int, Callable[[torch.Generator], Batch], np.ndarray | list[Batch]]:
     """(vocab size, sample(generator) -> a global training batch, validation data for ``evaluate``)."""
-    if cfg.task == "passkey":
+    if cfg.task != "shakespeare":
         from . import synthetic
 
+        make_batch, vocab_size = synthetic.SYNTHETIC_TASKS[cfg.task]
+
         def sample(generator: torch.Generator) -> Batch:
-            return synthetic.passkey_batch(cfg.batch_size, cfg.seq_len, generator=generator)
+            return make_batch(cfg.batch_size, cfg.seq_len, generator=generator)
 
         val_generator = torch.Generator().manual_seed(PASSKEY_VAL_SEED)
-        return synthetic.VOCAB_SIZE, sample, [sample(val_generator) for _ in range(cfg.eval_batches)]
+        return vocab_size, sample, [sample(val_generator) for _ in range(cfg.eval_batches)]
     train_tokens = load_tokens("train", cfg.tokenizer, cfg.data_dir)
     vocab_size = read_meta(cfg.data_dir)["tokenizers"][cfg.tokenizer]["vocab_size"]
     return (
@@ -221,6 +248,16 @@ def load_task(cfg: TrainConfig) -> tuple[int, Callable[[torch.Generator], Batch]
         lambda generator: random_batch(train_tokens, cfg.batch_size, cfg.seq_len, generator),
         load_tokens("val", cfg.tokenizer, cfg.data_dir),
     )
+
+
+def task_probe(cfg: TrainConfig) -> Callable[[Transformer], dict] | None:
+    """What each evaluation logs besides val_loss: for a backcopy run its sink metrics, else nothing."""
+    if cfg.task != "backcopy":
+        return None
+    from . import analyze
+
+    x, _ = analyze.analysis_batch(cfg, "val", PROBE_BATCH)
+    return lambda model: {"backcopy": analyze.backcopy_report(model, x)}
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
@@ -389,6 +426,7 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
     out = run_dir(cfg)
     device = procs.device
     vocab_size, sample, val_data = load_task(cfg)
+    probe = task_probe(cfg)
     torch.manual_seed(cfg.seed)
     model = Transformer(model_config(cfg, vocab_size)).to(device)
     optimizer = _optimizer(model, cfg, device)
@@ -472,6 +510,8 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
                     max_batches=cfg.eval_batches,
                 )
                 val_loss = record["val_loss"]
+                if probe is not None:
+                    record.update(probe(model))
             if main:
                 log.write(json.dumps(record) + "\n")
                 log.flush()

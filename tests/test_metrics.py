@@ -132,6 +132,88 @@ def test_max_abs():
     assert metrics.max_abs(torch.tensor([[0.5, -7.0], [3.0, 1.0]])) == 7.0
 
 
+# ---- the Bigram-Backcopy metrics: sink at dormant queries, copy at active ones, drain and peak ---------
+
+
+def hand_map():
+    """One sequence of 4 tokens, 2 heads; query 2 is active (a trigger), queries 1 and 3 dormant.
+
+    head 0 (softmax-like, a sink): rows 1 and 3 put 0.8 and 0.6 on BOS, row 2 copies (0.9 on key 1).
+    head 1 (softpick-like): dormant rows attend nowhere, row 2 puts 0.5 on key 1.
+    """
+    w = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
+    w[0, 0] = torch.tensor([[1.0, 0, 0, 0], [0.8, 0.2, 0, 0], [0.05, 0.9, 0.05, 0], [0.6, 0.1, 0.1, 0.2]])
+    w[0, 1, 0, 0] = 1.0
+    w[0, 1, 2] = torch.tensor([0.0, 0.5, 0.2, 0])
+    dormant = torch.tensor([[False, True, False, True]])
+    active = torch.tensor([[False, False, True, False]])
+    return w, dormant, active
+
+
+def test_bos_attention_row_mass_and_previous_token_by_hand():
+    w, dormant, active = hand_map()
+    torch.testing.assert_close(
+        metrics.bos_attention(w, dormant), torch.tensor([0.7, 0.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        metrics.bos_attention(w, active), torch.tensor([0.05, 0.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(metrics.row_mass(w, dormant), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        metrics.previous_token_attention(w, active), torch.tensor([0.9, 0.5], dtype=torch.float64)
+    )
+    torch.testing.assert_close(  # row 1's previous token is BOS (0.8), row 3's is key 2 (0.1)
+        metrics.previous_token_attention(w, dormant), torch.tensor([0.45, 0.0], dtype=torch.float64)
+    )
+
+
+def test_query_averages_pool_the_batch():
+    """Two sequences: 1 selected query in the first, 3 in the second; each query weighs the same."""
+    w = torch.zeros(2, 1, 4, 4)
+    w[0, 0, 1, 0] = 1.0
+    w[1, 0, 1:, 0] = 0.2
+    queries = torch.tensor([[False, True, False, False], [False, True, True, True]])
+    assert metrics.bos_attention(w, queries).item() == pytest.approx((1.0 + 3 * 0.2) / 4)
+
+
+def test_first_token_norm_ratio_by_hand():
+    residual = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]])  # norms 5, 1, 2
+    assert metrics.first_token_norm_ratio(residual).item() == pytest.approx(5 / 1.5)
+    values = torch.zeros(2, 2, 3, 2)  # [B, H, T, D]
+    values[:, 0, 0, 0] = torch.tensor([0.1, 0.3])  # head 0: BOS norms 0.1 and 0.3, others 1
+    values[:, 0, 1:, 1] = 1.0
+    values[:, 1, :, 0] = 2.0  # head 1: every norm 2
+    torch.testing.assert_close(
+        metrics.first_token_norm_ratio(values), torch.tensor([0.2, 1.0], dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda w, q: metrics.bos_attention(w, q.int()),
+            r"queries must be a bool tensor \[B, Tq\] = \[1, 4\]",
+        ),
+        (lambda w, q: metrics.row_mass(w, q[:, :3]), r"queries must be a bool tensor"),
+        (lambda w, q: metrics.bos_attention(w, q & False), "selects no query"),
+        (lambda w, q: metrics.bos_attention(w[0], q), r"w must be a float tensor \[B, H, Tq, Tk\]"),
+        (lambda w, q: metrics.row_mass(w * float("nan"), q), "w has NaN or inf"),
+        (lambda w, q: metrics.previous_token_attention(w[..., :3], q), "w must be square"),
+        (lambda w, q: metrics.previous_token_attention(w, q | True), "position 0, which has no previous"),
+        (lambda w, q: metrics.first_token_norm_ratio(torch.ones(2, 1, 4)), "at least 2 positions"),
+        (lambda w, q: metrics.first_token_norm_ratio(torch.ones(3, 4)), r"states must be a float tensor"),
+        (lambda w, q: metrics.first_token_norm_ratio(torch.ones(1, 3, 2).long()), r"states must be a float"),
+        (lambda w, q: metrics.first_token_norm_ratio(torch.zeros(1, 3, 2)), "all zero"),
+        (lambda w, q: metrics.first_token_norm_ratio(torch.full((1, 3, 2), float("inf"))), "NaN or inf"),
+    ],
+)
+def test_backcopy_metrics_reject_bad_input(call, match):
+    w, dormant, _ = hand_map()
+    with pytest.raises(ValueError, match=match):
+        call(w, dormant)
+
+
 # ---- analyze() on a model --------------------------------------------------------------------------
 
 

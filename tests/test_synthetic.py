@@ -2,12 +2,17 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import minisoftpick as msp
 from minisoftpick.synthetic import (
+    BACKCOPY_BOS,
+    BACKCOPY_TOKENS,
+    BACKCOPY_TRIGGERS,
+    BACKCOPY_VOCAB_SIZE,
     DIGITS,
     FILLERS,
     IGNORE_INDEX,
@@ -16,8 +21,12 @@ from minisoftpick.synthetic import (
     QUERY,
     TOKENS,
     VOCAB_SIZE,
+    BigramBackcopy,
     associative_recall_batch,
     attention_mass_by_length,
+    backcopy_batch,
+    backcopy_roles,
+    bigram_backcopy_task,
     decode,
     passkey_accuracy,
     passkey_batch,
@@ -199,3 +208,106 @@ def test_attention_mass_bad_input():
         attention_mass_by_length([torch.ones(1, 1, 2, 2)])
     with pytest.raises(ValueError, match=r"weights must be a float tensor \[B, H, Tq, Tk\]"):
         attention_mass_by_length(torch.ones(2, 2))
+
+
+# ---- Bigram-Backcopy ------------------------------------------------------------------------------
+
+
+def cycle_task(num_tokens=4, triggers=(2,)):
+    """A chain without randomness: token a is always followed by a + 1 (mod num_tokens)."""
+    transition = torch.roll(torch.eye(num_tokens, dtype=torch.float64), 1, dims=1)
+    return BigramBackcopy(transition, triggers)
+
+
+def test_backcopy_by_hand_on_a_deterministic_chain():
+    """0 -> 1 -> 2 (trigger: copy the 1 before it) -> 1 -> 2 -> 1 ...; 3 -> 0 -> 1 -> 2 -> 1 ..."""
+    x, y = backcopy_batch(64, 8, generator=generator(), task=cycle_task())
+    bos = 4  # the id after the 4 ordinary tokens
+    starts = {0: [0, 1, 2, 1, 2, 1, 2, 1, 2], 1: [1, 2, 1, 2, 1, 2, 1, 2, 1], 3: [3, 0, 1, 2, 1, 2, 1, 2, 1]}
+    assert set(x[:, 1].tolist()) == set(starts)  # s[1] is any non-trigger token, never the trigger 2
+    for row_x, row_y in zip(x.tolist(), y.tolist(), strict=True):
+        expected = [bos, *starts[row_x[1]]]
+        assert row_x == expected[:8] and row_y == expected[1:9]
+
+
+def test_backcopy_rule_holds_exactly_at_every_trigger():
+    task = bigram_backcopy_task()
+    x, y = backcopy_batch(256, 64, generator=generator(3))
+    assert x.shape == y.shape == (256, 64) and x.dtype == y.dtype == torch.long
+    assert torch.all(x[:, 0] == BACKCOPY_BOS) and not torch.any(x[:, 1:] == BACKCOPY_BOS)
+    assert x.min() >= 0 and y.max() < BACKCOPY_TOKENS and BACKCOPY_VOCAB_SIZE == BACKCOPY_BOS + 1
+    assert torch.equal(y[:, :-1], x[:, 1:])  # every next token is scored
+    is_trigger = torch.isin(x, torch.tensor(task.triggers))
+    assert not is_trigger[:, :2].any()  # neither BOS nor s[1] is a trigger
+    b, t = is_trigger.nonzero(as_tuple=True)
+    assert len(t) > 500  # the rule is tested at many triggers
+    assert torch.equal(y[b, t], x[b, t - 1])
+    assert not torch.isin(y[b, t], torch.tensor(task.triggers)).any()  # a copy is never a trigger
+
+
+def test_backcopy_chain_follows_the_bigram_rows():
+    """At non-trigger positions the next token's frequencies match the row, within 5 binomial sigmas."""
+    task = bigram_backcopy_task()
+    x, y = backcopy_batch(2000, 64, generator=generator(4))
+    chain = ~torch.isin(x, torch.tensor(task.triggers))
+    counts = torch.zeros(BACKCOPY_TOKENS + 1, BACKCOPY_TOKENS, dtype=torch.float64)
+    counts.index_put_(
+        (x[chain], y[chain]), torch.ones(int(chain.sum()), dtype=torch.float64), accumulate=True
+    )
+    counts = counts[:BACKCOPY_TOKENS]  # rows of the chain (BOS is followed by a uniform non-trigger)
+    seen = counts.sum(-1) >= 1000
+    assert seen.sum() > BACKCOPY_TOKENS // 2
+    p = task.transition[seen]
+    n = counts[seen].sum(-1, keepdim=True)
+    assert torch.all((counts[seen] / n - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1e-3)
+
+
+def test_backcopy_task_rows_and_triggers():
+    task = bigram_backcopy_task()
+    assert bigram_backcopy_task() is task  # one cached task for every run
+    assert task.transition.shape == (BACKCOPY_TOKENS, BACKCOPY_TOKENS)
+    torch.testing.assert_close(task.transition.sum(-1), torch.ones(BACKCOPY_TOKENS, dtype=torch.float64))
+    values, vectors = np.linalg.eig(task.transition.numpy().T)  # the stationary law: eigenvalue 1
+    stationary = np.abs(vectors[:, np.argmin(np.abs(values - 1))].real)
+    assert task.triggers == tuple(np.argsort(-stationary)[:BACKCOPY_TRIGGERS].tolist())
+    other = bigram_backcopy_task(seed=1)
+    assert not torch.equal(other.transition, task.transition)
+
+
+def test_backcopy_is_seeded():
+    x, _ = backcopy_batch(4, 32, generator=generator(1))
+    again, _ = backcopy_batch(4, 32, generator=generator(1))
+    other, _ = backcopy_batch(4, 32, generator=generator(2))
+    assert torch.equal(x, again) and not torch.equal(x, other)
+
+
+def test_backcopy_roles_by_hand():
+    x = torch.tensor([[4, 0, 1, 2, 1], [4, 3, 0, 2, 2]])
+    dormant, active = backcopy_roles(x, (2,))
+    assert active.tolist() == [[False, False, False, True, False], [False, False, False, True, True]]
+    assert dormant.tolist() == [[False, True, True, False, True], [False, True, True, False, False]]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: bigram_backcopy_task(num_tokens=1), ValueError, "num_tokens must be an int >= 2"),
+        (lambda: bigram_backcopy_task(num_triggers=64), ValueError, r"num_triggers must be an int in 1..63"),
+        (lambda: bigram_backcopy_task(alpha=0.0), ValueError, "alpha must be > 0"),
+        (lambda: backcopy_batch(2, 8, generator=generator(), task="bigram"), TypeError, "task must be"),
+        (
+            lambda: backcopy_batch(0, 8, generator=generator()),
+            ValueError,
+            "batch_size must be a positive int",
+        ),
+        (lambda: backcopy_batch(2, 8, generator=1), TypeError, "generator must be a torch.Generator"),
+        (
+            lambda: backcopy_roles(torch.zeros(2, 3), (1,)),
+            TypeError,
+            r"x must be a LongTensor \[batch, seq\]",
+        ),
+    ],
+)
+def test_backcopy_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
