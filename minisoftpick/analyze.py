@@ -118,6 +118,9 @@ def backcopy_report(model: Transformer, x: Tensor, task: synthetic.BigramBackcop
     ``task`` defaults to ``synthetic.bigram_backcopy_task()``, whose triggers define the roles.
     """
     task = synthetic.bigram_backcopy_task() if task is None else task
+    bos = task.transition.shape[0]
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] < 2 or not torch.all(x[:, 0] == bos):
+        raise ValueError(f"x must be backcopy sequences [B, T >= 2] that start with BOS ({bos})")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -125,7 +128,7 @@ def backcopy_report(model: Transformer, x: Tensor, task: synthetic.BigramBackcop
     logits, capture = model(x, capture=True)
     values = value_states(model, x, capture)
     model.train(was_training)
-    dormant, active = (roles.to(device) for roles in synthetic.backcopy_roles(x, task.triggers))
+    dormant, active = synthetic.backcopy_roles(x, task.triggers)
     copied = logits[:, 1:].argmax(-1) == x[:, :-1]  # after a trigger the next token is the one before it
     return {
         "triggers": list(task.triggers),

@@ -307,7 +307,7 @@ def backcopy_roles(x: Tensor, triggers: tuple[int, ...]) -> tuple[Tensor, Tensor
     if not isinstance(x, Tensor) or x.dim() != 2 or x.dtype != torch.long:
         got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"x must be a LongTensor [batch, seq], got {got}")
-    active = torch.isin(x, torch.tensor(list(triggers), dtype=torch.long))
+    active = torch.isin(x, torch.tensor(list(triggers), dtype=torch.long, device=x.device))
     active[:, 0] = False
     dormant = ~active
     dormant[:, 0] = False

@@ -118,3 +118,12 @@ def test_committed_runs_show_the_sink_with_softmax_only(attention):
         assert layer["bos_attention_dormant"][0] > SINK_THRESHOLD
     else:
         assert layer["bos_attention_dormant"][0] < 0.05 and layer["row_mass_dormant"][0] < 0.1
+
+
+def test_backcopy_report_needs_sequences_that_start_with_bos():
+    model = Transformer(ModelConfig(vocab_size=65, seq_len=8, n_layers=1, n_heads=1, d_model=16))
+    x, _ = synthetic.backcopy_batch(2, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(
+        ValueError, match=r"x must be backcopy sequences \[B, T >= 2\] that start with BOS \(64\)"
+    ):
+        analyze.backcopy_report(model, x[:, 1:])
