@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .settings import progress_disabled
 from .data import DATA_DIR, TOKENIZERS, evenly_spaced_batches, load_tokens, random_batch, read_meta
 from .model import ModelConfig, Transformer, attention_names
+from .settings import progress_disabled
 
 TASKS = ("shakespeare", "passkey")
 DEVICES = ("auto", "cpu", "cuda")
