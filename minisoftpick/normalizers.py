@@ -250,6 +250,12 @@ def sink_softmax(x: Tensor, sink: Tensor | float, dim: int = -1, mask: Tensor | 
         s = torch.tensor(float(sink), dtype=xf.dtype, device=x.device)
     else:
         raise TypeError(f"sink must be a real number or a floating tensor, got {sink!r}")
+    reduced = list(xf.shape)
+    reduced[dim] = 1
+    try:
+        torch.broadcast_shapes(s.shape, reduced)
+    except RuntimeError:
+        raise ValueError(f"sink of shape {tuple(s.shape)} must broadcast to {tuple(reduced)}") from None
     xf = _hide(xf, mask)
     c = torch.maximum(xf.amax(dim, keepdim=True) if xf.shape[dim] else s, s).detach()
     c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))  # no key and no sink: c = -inf
