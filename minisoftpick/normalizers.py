@@ -265,8 +265,8 @@ def sink_softmax(x: Tensor, sink: Tensor | float, dim: int = -1, mask: Tensor | 
 
 def log_position_scale(query_scale: Tensor, tq: int, tk: int | None = None) -> Tensor:
     """s_h * log(i + 2) for query i at position i + tk - tq (bottom-right aligned, as the causal mask),
-    [H, tq, 1] for ``query_scale`` [H]: scaled softpick's factor on q (docs/design.md, "Related
-    normalizers"), after Scalable-Softmax."""
+    [H, tq, 1] for ``query_scale`` [H]: scaled softpick's factor on q, after Scalable-Softmax
+    (docs/design.md, "Related normalizers")."""
     tk = tq if tk is None else tk
     positions = torch.arange(tq, device=query_scale.device, dtype=torch.float32) + (tk - tq)
     return query_scale[:, None, None] * torch.log(positions + 2)[:, None]
