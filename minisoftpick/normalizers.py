@@ -122,7 +122,7 @@ def get_normalizer(normalizer: str | Normalizer) -> Normalizer:
     """The ``fn(scores, mask)`` called ``normalizer`` (or ``normalizer`` itself when it is callable)."""
     if callable(normalizer):
         return normalizer
-    if normalizer not in NORMALIZERS:
+    if not isinstance(normalizer, str) or normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer must be one of {sorted(NORMALIZERS)} or a callable, got {normalizer!r}")
     spec = NORMALIZERS[normalizer]
     spec.require_plain()
@@ -272,24 +272,12 @@ def log_position_scale(query_scale: Tensor, tq: int, tk: int | None = None) -> T
     return query_scale[:, None, None] * torch.log(positions + 2)[:, None]
 
 
-@register_normalizer("softpick", fused="flash")
-def _softpick(scores: Tensor, mask: Tensor | None) -> Tensor:
-    return softpick(scores, mask=mask)
-
-
-@register_normalizer("softmax", fused="sdpa")
-def _softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
-    return masked_softmax(scores, mask=mask)
-
-
-@register_normalizer("softmax1")
-def _softmax1(scores: Tensor, mask: Tensor | None) -> Tensor:
-    return softmax1(scores, mask=mask)
-
-
-@register_normalizer("sink", head_parameters={"sink": 0.0})
-def _sink(scores: Tensor, mask: Tensor | None, sink: Tensor) -> Tensor:
-    return sink_softmax(scores, sink, mask=mask)
-
-
-register_normalizer("scaled_softpick", query_scale_init=SCALED_SOFTPICK_INIT, fused="flash")(_softpick)
+register_normalizer("softpick", fused="flash")(lambda scores, mask: softpick(scores, mask=mask))
+register_normalizer("softmax", fused="sdpa")(lambda scores, mask: masked_softmax(scores, mask=mask))
+register_normalizer("softmax1")(lambda scores, mask: softmax1(scores, mask=mask))
+register_normalizer("sink", head_parameters={"sink": 0.0})(
+    lambda scores, mask, sink: sink_softmax(scores, sink, mask=mask)
+)
+register_normalizer("scaled_softpick", query_scale_init=SCALED_SOFTPICK_INIT, fused="flash")(
+    NORMALIZERS["softpick"].fn
+)

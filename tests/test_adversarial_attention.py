@@ -361,6 +361,7 @@ def test_bad_arguments_are_refused_the_same_way_by_every_entry_point(entry, chan
         ({"normalizer": "sink"}, TypeError, "learns sink per head"),
         ({"normalizer": "scaled_softpick"}, TypeError, "learns query_scale per head"),
         ({"normalizer": "sparsemax"}, ValueError, "normalizer must be one of"),
+        ({"normalizer": ["softpick"]}, ValueError, "normalizer must be one of"),
     ],
 )
 def test_bad_naive_only_arguments(kwargs, error, match):
