@@ -253,6 +253,12 @@ class Transformer(nn.Module):
             raise TypeError(f"idx must be a LongTensor [batch, seq], got {got}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if idx.numel():  # an id out of range would be an obscure IndexError here, a device assert on CUDA
+            low, high = (int(t) for t in torch.aminmax(idx))
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"idx must hold token ids in [0, {self.config.vocab_size}), got {low}..{high}"
+                )
         cos, sin = rope_angles(idx.shape[1], self.config.head_dim, self.config.rope_base, idx.device)
         x = self.embed(idx)
         recorded = Capture(attn=[], hidden=[])

@@ -279,6 +279,14 @@ def test_bad_input_and_backend_are_rejected():
         model(tokens().float())
     with pytest.raises(TypeError, match="idx must be a LongTensor"):
         model(tokens()[0])
+    for bad_id, match in (
+        (VOCAB, r"idx must hold token ids in \[0, 23\), got \d+\.\.23"),
+        (-1, r"got -1\.\."),
+    ):
+        idx = tokens()
+        idx[1, 3] = bad_id
+        with pytest.raises(ValueError, match=match):
+            model(idx)
     with pytest.raises(ValueError, match="backend must be one of"):
         model(tokens(), backend="fast")
     with pytest.raises(ValueError, match="backend 'sdpa' computes only softmax attention, not 'softpick'"):
