@@ -40,7 +40,7 @@ def copy_bandwidth(mib: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/bench_roofs", help="path prefix of the .json")
+    parser.add_argument("--out", default="results/bench_roofs_h200", help="path prefix of the .json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_roofs.py needs a CUDA GPU")

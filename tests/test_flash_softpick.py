@@ -183,6 +183,18 @@ def test_first_key_blocks_far_below_zero(causal, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lazy", [True, False])
+def test_shift_raised_lazily_or_at_every_block(lazy, device, monkeypatch):
+    """Scores rise from -1 to 30 over four key blocks, so the lazy forward raises the shift several
+    times (each time a row's max passes it by 2^8) and the exact one at every block: both match."""
+    monkeypatch.setattr(flash_softpick, "LAZY_RESCALE", lazy)
+    q, k, v, dout = make_inputs(1, 1, 1, 128, 128, 16, device=device)
+    q[..., 0], q[..., 1:] = 1.0, 0.0
+    k[..., 0] = torch.linspace(-1, 30, 128) * 4  # * sqrt(d) undoes the 1/sqrt(d) scale
+    check(None, False, device, inputs=(q, k, v, dout))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_ill_conditioned_rows_stay_finite(device):
     """Scores about 1e-3: the first rows (few keys) have D < 0.01; all stays finite, and the output,
     whose error is about 1e-7 / D relative, stays close."""
