@@ -50,6 +50,7 @@ TARGETS = (
     ("fwd+bwd / cuDNN", KERNEL, CUDNN, "fwd+bwd", 0.7, "causal square D64/D128"),
 )
 TIMING = dict(warmup=25, rep=100, return_mode="median")
+CUDA_DEVICE = torch.autograd.DeviceType.CUDA
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ def kernel_breakdown(run, repeats: int = 5) -> dict[str, float]:
         torch.cuda.synchronize()
     times = {}
     for event in prof.key_averages():
+        if getattr(event, "device_type", CUDA_DEVICE) != CUDA_DEVICE:
+            continue  # an operator: its kernels are listed on their own
         total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
         if total > 0:
             times[event.key[:80]] = total / repeats / 1e3

@@ -1,5 +1,4 @@
-"""Which tiles win: each autotuned kernel's time for every tile of its list plus CANDIDATES; and the
-forward's time with the shift raised lazily or at every key block (LAZY_RESCALE).
+"""Which tiles win: each autotuned kernel's time for every tile of its list plus CANDIDATES.
 
     python bench/bench_tiles.py [--out results/bench_tiles_h200]
 
@@ -19,35 +18,23 @@ import sys
 from pathlib import Path
 
 import torch
-import triton
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import CASES, TIMING, inputs, kernel_attention, machine_report, step, write_json  # noqa: E402
+from bench_attention import CASES, inputs, kernel_attention, machine_report, step, write_json  # noqa: E402
 
 from minisoftpick.kernels import flash_softpick  # noqa: E402
 from minisoftpick.kernels.flash_softpick import Tile  # noqa: E402
 
-CANDIDATES = {
-    "forward": (Tile(64, 64, 4, 2), Tile(128, 32, 8, 2), Tile(64, 128, 4, 2), Tile(128, 64, 8, 2)),
-    "dq": (
-        Tile(64, 32, 4, 2),
-        Tile(64, 64, 8, 2),
-        Tile(128, 32, 8, 2),
-        Tile(64, 32, 8, 1),
-        Tile(32, 64, 4, 2),
-        Tile(128, 64, 8, 2),
-    ),
+CANDIDATES = {  # tried beside the committed tiles; bench/NOTES.md records what won
+    "forward": (Tile(64, 64, 4, 4), Tile(128, 32, 8, 3), Tile(64, 128, 4, 3)),
+    "dq": (Tile(128, 32, 8, 3), Tile(64, 64, 4, 4), Tile(64, 32, 4, 3)),
     "dkdv": (
-        Tile(32, 32, 8, 2, key_rows=True),
-        Tile(16, 64, 4, 2, key_rows=True),
+        Tile(64, 64, 4, 2, key_rows=False),
+        Tile(128, 32, 8, 2, key_rows=False),
+        Tile(64, 128, 4, 2, key_rows=False),
+        Tile(128, 128, 8, 2, key_rows=False),
         Tile(32, 64, 8, 2, key_rows=True),
-        Tile(16, 32, 4, 2, key_rows=True),
-        Tile(64, 32, 8, 2, key_rows=False),
-        Tile(64, 64, 8, 2, key_rows=False),
-        Tile(32, 32, 4, 2, key_rows=False),
-        Tile(64, 128, 8, 2, key_rows=False),
-        Tile(128, 64, 8, 2, key_rows=False),
     ),
 }
 KERNELS = {
@@ -70,8 +57,7 @@ def tiles(name: str) -> list[Tile]:
 def _compile(job) -> str:
     """In a child process: launch the kernel once on tiny tensors of the case's head dim, so that
     Triton compiles it into its on-disk cache."""
-    name, d, causal, tile, lazy = job
-    flash_softpick.LAZY_RESCALE = lazy
+    name, d, causal, tile = job
     q = torch.randn(1, 1, 16, d, device="cuda", dtype=torch.bfloat16)
     flash_softpick.forward_kernel.configs = (
         [tile.config()] if name == "forward" else [tiles("forward")[0].config()]
@@ -89,8 +75,7 @@ def _compile(job) -> str:
 
 def precompile(cases) -> None:
     specs = {(c.d, c.causal): c for c in cases}.values()
-    jobs = [(name, c.d, c.causal, tile, True) for c in specs for name in KERNELS for tile in tiles(name)]
-    jobs += [("forward", c.d, c.causal, tile, False) for c in specs for tile in committed("forward")]
+    jobs = [(name, c.d, c.causal, tile) for c in specs for name in KERNELS for tile in tiles(name)]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=max(1, (os.cpu_count() or 2) - 2), mp_context=context
@@ -126,25 +111,6 @@ def sweep(cases) -> dict:
     return results
 
 
-def lazy_rescale_variants(cases) -> list[dict]:
-    """Forward milliseconds with the shift raised lazily and at every key block (committed tiles)."""
-    kernel = flash_softpick.forward_kernel
-    kernel.configs = [tile.config() for tile in committed("forward")]
-    rows = []
-    for case in tqdm(cases, desc="lazy rescale"):
-        q, k, v, dout = inputs(case)
-        for lazy in (False, True):
-            flash_softpick.LAZY_RESCALE = lazy
-            kernel.cache.clear()
-            ms = triton.testing.do_bench(step(kernel_attention, q, k, v, dout, case.causal, "fwd"), **TIMING)
-            rows.append(
-                {"case": case.name, "lazy_rescale": lazy, "forward_ms": ms, "tile": str(kernel.best_config)}
-            )
-        print(case.name, "forward ms, exact / lazy:", *(f"{r['forward_ms']:.3f}" for r in rows[-2:]))
-    flash_softpick.LAZY_RESCALE = True
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/bench_tiles_h200", help="path of the .json (suffix added)")
@@ -155,7 +121,6 @@ def main() -> None:
     precompile(CASES)  # every case, so that the other benchmarks find their kernels compiled too
     report = machine_report()
     report["candidates"] = {name: [str(t) for t in c] for name, c in CANDIDATES.items()}
-    report["lazy_rescale"] = lazy_rescale_variants(CASES)
     report["results"] = sweep(SWEPT)
     write_json(Path(args.out).with_suffix(".json"), report)
 

@@ -8,7 +8,9 @@ fused AdamW as the trainer uses them (minisoftpick.train): forward, loss, backwa
 Two sizes: the gpu preset's (6 layers, d_model 256, 4 heads, char vocabulary of 84) and one of about
 100M parameters (12 layers, d_model 768, 12 heads, vocabulary 8192). The model picks the backend
 itself (backend="auto": "flash" for softpick on CUDA, "sdpa" for softmax). Each step is timed with
-CUDA events after warm-up steps; the median of the timed steps is reported.
+CUDA events after warm-up steps; the median of the timed steps is reported, beside the GPU's busy
+time per step and its largest CUDA kernels (torch profiler): a step much longer than its busy time
+waits on Python.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import machine_report, write_json  # noqa: E402
+from bench_attention import kernel_breakdown, machine_report, write_json  # noqa: E402
 
 from minisoftpick.model import ModelConfig, Transformer  # noqa: E402
 
@@ -36,8 +38,9 @@ ATTENTIONS = ("softmax", "softpick")
 WARMUP_STEPS, TIMED_STEPS = 5, 20
 
 
-def step_ms(size: dict, attention: str) -> tuple[float, int, str]:
-    """Median milliseconds of one training step, the parameter count and the attention backend."""
+def step_ms(size: dict, attention: str) -> tuple[float, int, str, dict]:
+    """Median milliseconds of one training step, the parameter count, the attention backend and the
+    milliseconds per step of each CUDA kernel (profiled)."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig(seq_len=SEQ_LEN, attention=attention, **size)).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -63,7 +66,7 @@ def step_ms(size: dict, attention: str) -> tuple[float, int, str]:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     backend = model.blocks[0].attn.backend("auto", False, x.device)
-    return statistics.median(times), model.num_params(), backend
+    return statistics.median(times), model.num_params(), backend, kernel_breakdown(train_step, repeats=3)
 
 
 def main() -> None:
@@ -78,8 +81,9 @@ def main() -> None:
     rows = []
     for size_name, size in SIZES.items():
         for attention in ATTENTIONS:
-            ms, params, backend = step_ms(size, attention)
+            ms, params, backend, kernels = step_ms(size, attention)
             tokens_per_s = BATCH * SEQ_LEN / (ms / 1e3)
+            gpu_ms = sum(kernels.values())
             rows.append(
                 dict(
                     size=size_name,
@@ -88,11 +92,16 @@ def main() -> None:
                     params=params,
                     step_ms=ms,
                     tokens_per_s=tokens_per_s,
+                    gpu_busy_ms=gpu_ms,
+                    cuda_kernels_ms=dict(list(kernels.items())[:12]),
                 )
             )
             print(
-                f"{size_name:<28} {attention:<9} ({backend:>5}) {params / 1e6:6.1f}M params  {ms:7.2f} ms/step  {tokens_per_s:10.0f} tokens/s"
+                f"{size_name:<28} {attention:<9} ({backend:>5}) {params / 1e6:6.1f}M params  {ms:7.2f} ms/step  "
+                f"{tokens_per_s:10.0f} tokens/s  GPU busy {gpu_ms:6.2f} ms/step"
             )
+            for name, kernel_ms in list(kernels.items())[:6]:
+                print(f"    {kernel_ms:7.3f} ms  {name}")
             torch.cuda.empty_cache()
     for size_name in SIZES:
         speed = {r["attention"]: r["tokens_per_s"] for r in rows if r["size"] == size_name}

@@ -183,11 +183,8 @@ def test_first_key_blocks_far_below_zero(causal, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("lazy", [True, False])
-def test_shift_raised_lazily_or_at_every_block(lazy, device, monkeypatch):
-    """Scores rise from -1 to 30 over four key blocks, so the lazy forward raises the shift several
-    times (each time a row's max passes it by 2^8) and the exact one at every block: both match."""
-    monkeypatch.setattr(flash_softpick, "LAZY_RESCALE", lazy)
+def test_shift_raised_across_key_blocks(device):
+    """Scores rise from -1 to 30 over the key blocks: every block raises the shift and rescales."""
     q, k, v, dout = make_inputs(1, 1, 1, 128, 128, 16, device=device)
     q[..., 0], q[..., 1:] = 1.0, 0.0
     k[..., 0] = torch.linspace(-1, 30, 128) * 4  # * sqrt(d) undoes the 1/sqrt(d) scale
