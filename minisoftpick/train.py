@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .course import fast_mode
 from .data import DATA_DIR, TOKENIZERS, evenly_spaced_batches, load_tokens, random_batch, read_meta
 from .model import ModelConfig, Transformer, attention_names
+from .settings import progress_disabled
 
 TASKS = ("shakespeare", "passkey")
 DEVICES = ("auto", "cpu", "cuda")
@@ -425,7 +425,7 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
         initial=step,
         desc=cfg.attention,
         dynamic_ncols=True,
-        disable=not main or fast_mode() or not (sys.stderr.isatty() or in_notebook),
+        disable=not main or progress_disabled() or not (sys.stderr.isatty() or in_notebook),
     )
     started = time.perf_counter() - elapsed
     losses, val_loss = [], None
