@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from minisoftpick.attention import repeat_kv
 from minisoftpick.kernels import flash_softpick
+from minisoftpick.settings import progress_disabled
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -165,9 +166,9 @@ def autotuned_tiles() -> dict[str, str]:
     return {name: str(getattr(kernel, "best_config", None)) for name, kernel in kernels.items()}
 
 
-def benchmark(cases=CASES, disable_progress: bool = False) -> list[dict]:
+def benchmark(cases=CASES) -> list[dict]:
     rows = []
-    for case in tqdm(cases, desc="cases", disable=disable_progress):
+    for case in tqdm(cases, desc="cases", disable=progress_disabled()):
         q, k, v, dout = inputs(case)
         b, (hq, hkv) = TOKENS // case.t, case.heads()
         for method, attention in METHODS.items():

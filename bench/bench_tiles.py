@@ -25,6 +25,7 @@ from bench_attention import CASES, inputs, kernel_attention, machine_report, ste
 
 from minisoftpick.kernels import flash_softpick  # noqa: E402
 from minisoftpick.kernels.flash_softpick import Tile  # noqa: E402
+from minisoftpick.settings import progress_disabled  # noqa: E402
 
 CANDIDATES = {  # tried beside the committed tiles; bench/NOTES.md records what won
     "forward": (Tile(64, 64, 4, 4), Tile(128, 32, 8, 3), Tile(64, 128, 4, 3)),
@@ -80,7 +81,13 @@ def precompile(cases) -> None:
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=max(1, (os.cpu_count() or 2) - 2), mp_context=context
     ) as pool:
-        failures = [r for r in tqdm(pool.map(_compile, jobs), total=len(jobs), desc="compile") if r != "ok"]
+        failures = [
+            r
+            for r in tqdm(
+                pool.map(_compile, jobs), total=len(jobs), desc="compile", disable=progress_disabled()
+            )
+            if r != "ok"
+        ]
     print(f"precompiled {len(jobs)} kernels, {len(failures)} failed", *failures[:10], sep="\n  ")
 
 
@@ -93,7 +100,7 @@ def median_ms(timing) -> float:
 
 def sweep(cases) -> dict:
     results = {}
-    for case in tqdm(cases, desc="cases"):
+    for case in tqdm(cases, desc="cases", disable=progress_disabled()):
         q, k, v, dout = inputs(case)
         for name, (kernel, _) in KERNELS.items():
             kernel.configs = [tile.config() for tile in tiles(name)]

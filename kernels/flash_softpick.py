@@ -2,9 +2,9 @@
 
     out = softpick(scale * q k^T) @ v,    softpick(s)_j = relu(exp(s_j) - 1) / (sum_j |exp(s_j) - 1| + eps)
 
-Forward: one program per block of BLOCK_M query rows (docs/design.md, "Online recurrence"). It visits the keys
-BLOCK_N at a time, keeping per row a shift c (it starts at 0, so c = max(rowmax, 0) throughout),
-a denominator and an unnormalised output:
+Forward: one program per block of BLOCK_M query rows (docs/design.md, "Online recurrence"). It
+visits the keys BLOCK_N at a time, keeping per row a shift c (it starts at 0, so c = max(rowmax, 0)
+throughout), a denominator and an unnormalised output:
 
     c_new = max(c, rowmax(S))             r = exp(c - c_new)
     P~    = exp(S - c_new) - exp(-c_new)      every entry in [-1, 1]
@@ -12,8 +12,9 @@ a denominator and an unnormalised output:
     acc   = acc * r + relu(P~) @ V
     out   = acc / (den + eps * exp(-c))       (den below includes the eps term)
 
-Saved for backward: q, k, v, out and two fp32 numbers per query row, the final shift c and den
-(the state online_softpick_attention returns), never anything T x T. With X = exp(S - c), backward
+Saved for backward (docs/design.md, "What the kernel saves"): q, k, v, out and two fp32 numbers
+per query row, the final shift c and den (the state online_softpick_attention returns), never
+anything T x T. With X = exp(S - c), backward
 recomputes the weights and the gradient of the scores (docs/design.md, "Jacobian" and "Backward")
 block by block:
 
@@ -27,10 +28,12 @@ rounding of S - L makes P |log2 D| times less accurate than the forward's. Backw
 as in FlashAttention-2: the dQ kernel (a program per query block, looping over keys) also writes
 Delta; the dK/dV kernel (a program per key block of a key/value head, looping over the query blocks
 of every query head in its GQA group) reads it. Its tiles are [queries, keys] or [keys, queries],
-whichever the autotuner finds faster: on an H100 the first won at head dim 64, the second at 128.
+whichever the autotuner finds faster: on an H100 the first won at head dim 64, the second at 128;
+on an H200 the first won at 64, 128 and 256 (bench/NOTES.md).
 
-Masks cost almost nothing: softpick gives a score of exactly 0 zero weight and zero gradient
-(exp(0 - c) - exp(-c) = 0 and 1[0 > 0] = sign(0) = 0), and a 0 never moves the shift c >= 0. So rows
+Masks cost almost nothing (docs/design.md, "Masking"): softpick gives a score of exactly 0 zero
+weight and zero gradient (exp(0 - c) - exp(-c) = 0 and 1[0 > 0] = sign(0) = 0), and a 0 never moves
+the shift c >= 0. So rows
 past the end are loaded as zeros, which makes their scores exactly 0, and the causal mask sets hidden
 scores to 0, only in the blocks that straddle the diagonal. (Softmax would need -inf and more care.)
 
