@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import platform
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -305,6 +306,12 @@ def machine_report() -> dict:
     }
 
 
+def default_out(stem: str) -> str:
+    """results/<stem>_<gpu>, e.g. results/bench_attention_h200 on an "NVIDIA H200"."""
+    gpu = torch.cuda.get_device_name().lower().removeprefix("nvidia ").split()[0]
+    return f"results/{stem}_{re.sub(r'[^a-z0-9]+', '_', gpu)}"
+
+
 def write_json(path: Path, report: dict) -> None:
     """Atomically: a temporary file beside it, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +323,9 @@ def write_json(path: Path, report: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--out", default="results/bench_attention_h200", help="path prefix of the .json and .png"
+        "--out",
+        default=None,
+        help="path prefix of the .json and .png (default: results/bench_attention_<gpu>)",
     )
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -332,7 +341,7 @@ def main() -> None:
         "timing": f"triton.testing.do_bench({TIMING})",
     }
     report["results"], report["ratios"] = rows, ratio_rows
-    out = Path(args.out)
+    out = Path(args.out or default_out("bench_attention"))
     write_json(out.with_suffix(".json"), report)
     plot(rows, out.with_suffix(".png"), report["machine"])
     print(f"{report['machine']} | torch {torch.__version__} | triton {triton.__version__}")

@@ -22,7 +22,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import TIMING, machine_report, write_json  # noqa: E402
+from bench_attention import TIMING, default_out, machine_report, write_json  # noqa: E402
 
 from minisoftpick.attention import causal_mask, repeat_kv  # noqa: E402
 from minisoftpick.kernels.flash_softpick import flash_softpick_attention  # noqa: E402
@@ -33,7 +33,9 @@ QUERY_LENGTHS = (1, 16, 512)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/bench_decode_h200", help="path of the .json (suffix added)")
+    parser.add_argument(
+        "--out", default=None, help="path of the .json (suffix added) (default: results/bench_decode_<gpu>)"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_decode.py needs a CUDA GPU", file=sys.stderr)
@@ -76,7 +78,7 @@ def main() -> None:
         timing=f"triton.testing.do_bench({TIMING})",
     )
     report["results"] = rows
-    write_json(Path(args.out).with_suffix(".json"), report)
+    write_json(Path(args.out or default_out("bench_decode")).with_suffix(".json"), report)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import CASES, inputs, kernel_attention, machine_report, step, write_json  # noqa: E402
+from bench_attention import CASES, default_out, inputs, kernel_attention, machine_report, step, write_json  # noqa: E402
 
 from minisoftpick.kernels import flash_softpick  # noqa: E402
 from minisoftpick.kernels.flash_softpick import Tile  # noqa: E402
@@ -120,7 +120,9 @@ def sweep(cases) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/bench_tiles_h200", help="path of the .json (suffix added)")
+    parser.add_argument(
+        "--out", default=None, help="path of the .json (suffix added) (default: results/bench_tiles_<gpu>)"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_tiles.py needs a CUDA GPU", file=sys.stderr)
@@ -129,7 +131,7 @@ def main() -> None:
     report = machine_report()
     report["candidates"] = {name: [str(t) for t in c] for name, c in CANDIDATES.items()}
     report["results"] = sweep(SWEPT)
-    write_json(Path(args.out).with_suffix(".json"), report)
+    write_json(Path(args.out or default_out("bench_tiles")).with_suffix(".json"), report)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import kernel_breakdown, machine_report, write_json  # noqa: E402
+from bench_attention import default_out, kernel_breakdown, machine_report, write_json  # noqa: E402
 
 from minisoftpick.model import ModelConfig, Transformer  # noqa: E402
 
@@ -72,7 +72,9 @@ def step_ms(size: dict, attention: str) -> tuple[float, int, str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--out", default="results/bench_train_step_h200", help="path of the .json (suffix added)"
+        "--out",
+        default=None,
+        help="path of the .json (suffix added) (default: results/bench_train_step_<gpu>)",
     )
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -119,7 +121,7 @@ def main() -> None:
         statistic="median",
     )
     report["results"] = rows
-    write_json(Path(args.out).with_suffix(".json"), report)
+    write_json(Path(args.out or default_out("bench_train_step")).with_suffix(".json"), report)
 
 
 if __name__ == "__main__":

@@ -364,13 +364,26 @@ def _configs(tiles: KernelTiles) -> list[triton.Config]:
     return [tile.config() for tile in chosen]
 
 
+# Host-side integer helpers in plain Python: triton.next_power_of_2 and triton.cdiv are constexpr
+# functions in Triton 3.7 and cost about 10 us a call on the host (bench/NOTES.md), and the launchers
+# call them for every launch.
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 SHORT = 512  # sequences up to this long take the safe tile: tuning costs more than it can win
 
 
 def length_bucket(n: int) -> int:
     """The autotune key of a sequence length: the next power of two, so that T = 1000 and T = 1024
     share one tuning and a new length retunes only when it crosses a power of two."""
-    return triton.next_power_of_2(n)
+    return _next_power_of_2(n)
 
 
 def _safe_tile_when_short(configs, named_args, **kwargs):
@@ -417,7 +430,6 @@ DKDV_TILES = KernelTiles(
         Tile(64, 64, 8, 2, key_rows=False),
         Tile(64, 128, 8, 3, key_rows=False),
         Tile(128, 64, 8, 2, key_rows=False),
-        Tile(128, 64, 8, 3, key_rows=False),
     ),
 )
 forward_kernel = _autotune(FORWARD_TILES)(_forward_kernel)
@@ -430,7 +442,7 @@ dkdv_kernel = _autotune(DKDV_TILES)(_dkdv_kernel)
 
 def _head_block(head_dim: int) -> int:
     """tl.dot needs power-of-two tiles of at least 16: other head dims are padded (and masked)."""
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(16, _next_power_of_2(head_dim))
 
 
 def _lengths(tq: int, tk: int, group: int) -> tuple[int, ...]:
@@ -447,7 +459,7 @@ def softpick_attention_forward(
     out = torch.empty_like(q)
     shift = torch.empty(b, hq, tq, device=q.device, dtype=torch.float32)
     den = torch.empty_like(shift)
-    grid = lambda meta: (triton.cdiv(tq, meta["BLOCK_M"]), b * hq)  # noqa: E731
+    grid = lambda meta: (_cdiv(tq, meta["BLOCK_M"]), b * hq)  # noqa: E731
     forward_kernel[grid](
         q, k, v, out, shift, den, scale, eps, *_lengths(tq, tk, hq // hkv),
         HEAD_DIM=d, BLOCK_D=_head_block(d), CAUSAL=causal,
@@ -474,9 +486,9 @@ def softpick_attention_backward(
     delta = torch.empty_like(shift)
     lengths = _lengths(tq, tk, hq // hkv)
     constants = dict(HEAD_DIM=d, BLOCK_D=_head_block(d), CAUSAL=causal)
-    dq_grid = lambda meta: (triton.cdiv(tq, meta["BLOCK_M"]), b * hq)  # noqa: E731
+    dq_grid = lambda meta: (_cdiv(tq, meta["BLOCK_M"]), b * hq)  # noqa: E731
     dq_kernel[dq_grid](q, k, v, out, dout, shift, den, delta, dq, scale, *lengths, **constants)
-    dkdv_grid = lambda meta: (triton.cdiv(tk, meta["BLOCK_N"]), b * hkv)  # noqa: E731
+    dkdv_grid = lambda meta: (_cdiv(tk, meta["BLOCK_N"]), b * hkv)  # noqa: E731
     dkdv_kernel[dkdv_grid](q, k, v, dout, shift, den, delta, dk, dv, scale, *lengths, **constants)
     return dq, dk, dv
 
