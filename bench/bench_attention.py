@@ -6,8 +6,9 @@ cuDNN backends (softmax), with the ratios the kernel's targets are stated in.
 bf16, 16384 tokens per batch (B = 16384 // T), H = 1024 // D heads unless a case names its heads;
 forward and forward+backward, each timed with triton.testing.do_bench (median). TFLOP/s count the
 FLOPs of the visible scores: forward 4 * B * Hq * Tq * Tk * D (two matmuls), halved when causal;
-forward+backward 3.5 times that. For GQA, SDPA gets k and v already repeated to Hq heads (not
-timed), the kernel the Hkv heads. For the kernel, a profile of one forward+backward says which
+forward+backward 3.5 times that. For GQA, SDPA's call repeats k and v to Hq heads inside the timed
+function (repeat_interleave, as minisoftpick.model does for SDPA), the kernel reads the Hkv heads.
+For the kernel, a profile of one forward+backward says which
 CUDA kernel takes the time. Writes <out>.json (every number, the machine, versions, date, command,
 the autotuned tiles) and <out>.png, and prints a table.
 """
