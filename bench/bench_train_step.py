@@ -8,9 +8,10 @@ fused AdamW as the trainer uses them (minisoftpick.train): forward, loss, backwa
 Two sizes: the gpu preset's (6 layers, d_model 256, 4 heads, char vocabulary of 84) and one of about
 100M parameters (12 layers, d_model 768, 12 heads, vocabulary 8192). The model picks the backend
 itself (backend="auto": "flash" for softpick on CUDA, "sdpa" for softmax). Each step is timed with
-CUDA events after warm-up steps; the median of the timed steps is reported, beside the GPU's busy
-time per step and its largest CUDA kernels (torch profiler): a step much longer than its busy time
-waits on Python.
+CUDA events after warm-up steps, each on its own (the host waits for a step to finish before it
+launches the next, so host time is not hidden behind the GPU's); the median is reported, beside
+the GPU's busy time per step and its largest CUDA kernels (torch profiler): a step much longer
+than its busy time waits on Python.
 """
 
 from __future__ import annotations
