@@ -487,10 +487,12 @@ class _Processes:
     rank: int
     world_size: int
     device: torch.device
+    joined: bool = False  # this call started the process group (and so ends it)
 
 
 def _start_processes(device: str) -> _Processes:
-    """This process's rank and device; joins the process group when torchrun started several."""
+    """This process's rank and device; joins the process group when torchrun started several
+    (or uses the one the caller already started, e.g. to train several runs in one launch)."""
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -498,11 +500,12 @@ def _start_processes(device: str) -> _Processes:
     if cuda:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl")
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    return _Processes(dist.get_rank(), world_size, device)
+    joined = not dist.is_initialized()
+    if joined:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return _Processes(dist.get_rank(), world_size, device, joined)
 
 
 def train(cfg: TrainConfig) -> Transformer:
@@ -512,7 +515,7 @@ def train(cfg: TrainConfig) -> Transformer:
     try:
         return _train(cfg, procs)
     finally:
-        if procs.world_size > 1:
+        if procs.joined:
             dist.destroy_process_group()
 
 
