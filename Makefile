@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 LAB_ARGS ?=
+DATA_DIR ?= data/shakespeare
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)  # containers often run as root; Jupyter refuses without it
 
 .PHONY: lab test data venv-python lint format bench lock clean
@@ -38,8 +39,9 @@ test: venv-python $(INSTALLED) data  ## ruff, unit tests, every notebook under n
 		--nbval-cell-timeout=900 -p no:cacheprovider
 
 data: $(INSTALLED)  ## fetch and tokenize the Shakespeare texts (pinned sha256), unless every file checks out
-	@$(BIN)/python -m minisoftpick.data check || { echo "make data: preparing the token files again"; \
-		$(BIN)/python -m minisoftpick.data prepare; }
+	@$(BIN)/python -m minisoftpick.data check --data-dir $(DATA_DIR) || { \
+		echo "make data: preparing the token files again"; \
+		$(BIN)/python -m minisoftpick.data prepare --out $(DATA_DIR); }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""The trainer: schedule, flags, logs and checkpoints, exact resume, DDP equals one process, analysis."""
+"""The trainer: schedule, flags, logs and checkpoints, exact resume, analysis (several processes: test_parallel.py)."""
 
 import json
 
