@@ -7,7 +7,8 @@ msp.online_softpick_attention(q, k, v, causal=True, block_size=64)
 msp.flash_softpick_attention(q, k, v, causal=True, scale=None)     # Triton
 """
 
-from . import checks, course
+import importlib
+
 from .attention import causal_mask, naive_attention
 from .normalizers import NORMALIZERS, masked_softmax, register_normalizer, sink_softmax, softmax1, softpick
 from .online import online_softpick_attention
@@ -29,8 +30,15 @@ __all__ = [
 ]
 
 
+# Loaded on first use, so that `import minisoftpick` stays light (no Triton, no checks, no environment
+# variables set) and works where Triton does not: the course layer (checks, course, solutions) loads
+# when a notebook asks for it, the kernel when it is first called.
+_LAZY_MODULES = ("checks", "course", "solutions")
+
+
 def __getattr__(name: str):
-    """Import the Triton kernel on first use, so `import minisoftpick` works where Triton does not."""
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name == "flash_softpick_attention":
         from .kernels.flash_softpick import flash_softpick_attention
 

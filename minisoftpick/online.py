@@ -1,7 +1,7 @@
 """Online (flash-style) softpick attention in plain PyTorch: the teaching reference for the kernel.
 
 Keys are visited in blocks; per query row we keep a running shift c (>= 0), a running
-denominator and an unnormalised output (DESIGN.md, "Online form"):
+denominator and an unnormalised output (docs/design.md, "Online recurrence"):
 
     c_new = max(c, rowmax(S_blk))                  c starts at 0, so c = max(m, 0) throughout
     r     = exp(c - c_new)

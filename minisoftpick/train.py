@@ -66,10 +66,10 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm.auto import tqdm
 
 from .cli import python_command, usage_errors
-from .course import fast_mode
 from .data import DATA_DIR, TOKENIZERS, evenly_spaced_batches, load_tokens, random_batch, read_meta
 from .files import atomic_path, write_text
 from .model import ModelConfig, Transformer, attention_names
+from .settings import progress_disabled
 
 TASKS = ("shakespeare", "passkey")
 DEVICES = ("auto", "cpu", "cuda")
@@ -579,7 +579,7 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
         initial=step,
         desc=cfg.attention,
         dynamic_ncols=True,
-        disable=not main or fast_mode() or not (sys.stderr.isatty() or in_notebook),
+        disable=not main or progress_disabled() or not (sys.stderr.isatty() or in_notebook),
     )
     started = time.perf_counter() - elapsed
     losses, val_loss = [], None

@@ -124,7 +124,7 @@ def test_gradcheck_mixed_signs():
 
 
 def test_jacobian_matches_design_formula():
-    """dp_i/dx_j = (delta_ij 1[x_i > 0] e^{x_i} - p_i sign(x_j) e^{x_j}) / D (DESIGN.md)."""
+    """dp_i/dx_j = (delta_ij 1[x_i > 0] e^{x_i} - p_i sign(x_j) e^{x_j}) / D (docs/design.md, "Jacobian")."""
     x = torch.tensor([1.2, -0.7, 0.3, 2.0, -1.5], dtype=torch.float64)
     p = msp.softpick(x)
     d = torch.expm1(x).abs().sum() + 1e-6
