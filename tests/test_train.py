@@ -1,5 +1,6 @@
 """The trainer: schedule, flags, logs and checkpoints, exact resume, analysis (several processes: test_parallel.py)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -102,6 +103,36 @@ def test_presets_fit_their_purpose():
 def test_bad_config_is_rejected(overrides, world_size, message):
     with pytest.raises(ValueError, match=message):
         train.check_config(preset("smoke", **overrides), world_size)
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(TrainConfig)])
+def test_every_field_is_type_checked(field):
+    with pytest.raises(TypeError, match=f"^{field} must be"):
+        train.check_config(preset("smoke", **{field: object()}))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(grad_clip=-1.0), "grad_clip must be > 0"),
+        (dict(grad_clip=float("nan")), "grad_clip must be > 0"),
+        (dict(lr=float("inf")), "lr must be a finite number > 0"),
+        (dict(weight_decay=float("nan")), "weight_decay"),
+        (dict(seed=train.MAX_SEED + 1), "seed must be in"),
+        (dict(parallel="zero"), "parallel must be one of"),
+        (dict(max_minutes=-1.0), "max_minutes"),
+        (dict(n_heads=3), "d_model"),
+    ],
+)
+def test_out_of_range_values_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train.check_config(preset("smoke", **overrides))
+
+
+def test_bools_are_not_counts_and_inf_disables_clipping():
+    with pytest.raises(TypeError, match="max_steps must be int"):
+        train.check_config(preset("smoke", max_steps=True))
+    train.check_config(preset("smoke", grad_clip=float("inf"), max_minutes=0.5, lr=1))
 
 
 # ---- a smoke run -----------------------------------------------------------------------------------
