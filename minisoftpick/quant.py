@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .course import fast_mode
+from .settings import progress_disabled
 
 GRANULARITIES = ("per_token", "per_tensor")
 
@@ -301,7 +301,7 @@ def evaluate_settings(
     for name, kwargs in tqdm(
         (SETTINGS if settings is None else settings).items(),
         desc="quantization settings",
-        disable=fast_mode(),
+        disable=progress_disabled(),
     ):
         loss = float(val_loss(quantize_model(model, group_size=group_size, skip=skip, **kwargs)))
         rows.append({"setting": name, "loss": loss, "ppl": math.exp(loss)})
