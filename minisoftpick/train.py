@@ -91,8 +91,7 @@ class TrainConfig:
     eval_batches: int = 20
     log_interval: int = 10
     checkpoint_interval: int = 200
-    probe_interval: int = (
-        0  # > 0: every that many steps log sinks and activations (PROBE_WINDOWS val windows)
+    probe_interval: int = 0  # > 0: log sinks and activations every that many steps (``probe``)
     )
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
@@ -225,6 +224,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(
             f"batch_size ({cfg.batch_size}) must be a multiple of the number of processes ({world_size})"
         )
+    if cfg.probe_interval < 0:
+        raise ValueError(f"probe_interval must be >= 0 (0: no probe), got {cfg.probe_interval}")
     if not 0 <= cfg.min_lr <= cfg.lr:
         raise ValueError(f"min_lr must be in [0, lr={cfg.lr}], got {cfg.min_lr}")
 
@@ -498,7 +499,8 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
         elapsed = time.perf_counter() - started
         out_of_time = cfg.max_minutes is not None and _agree(elapsed > 60 * cfg.max_minutes, procs)
         last = step == cfg.max_steps or out_of_time
-        if step % cfg.log_interval == 0 or step % cfg.eval_interval == 0 or last:
+        probing = cfg.probe_interval > 0 and (step % cfg.probe_interval == 0 or last)
+        if step % cfg.log_interval == 0 or step % cfg.eval_interval == 0 or probing or last:
             mean_loss = torch.stack(losses).mean()
             losses = []
             if procs.world_size > 1:
@@ -523,7 +525,7 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
                     max_batches=cfg.eval_batches,
                 )
                 val_loss = record["val_loss"]
-            if main and cfg.probe_interval and (step % cfg.probe_interval == 0 or last):
+            if main and probing:
                 record["probe"] = probe(model, cfg)
             if main:
                 log.write(json.dumps(record) + "\n")
