@@ -92,7 +92,6 @@ class TrainConfig:
     log_interval: int = 10
     checkpoint_interval: int = 200
     probe_interval: int = 0  # > 0: log sinks and activations every that many steps (``probe``)
-    )
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
     out: str = ""  # "": runs/<preset>-<attention>-s<seed>
