@@ -16,10 +16,13 @@ sees the same batches as an uninterrupted one, and N data-parallel processes (ea
 that batch, gradients averaged by DDP) compute the same update as one process.
 
 ``--task passkey`` trains on the synthetic passkey-retrieval task of ``minisoftpick.synthetic``
-instead of Shakespeare.
+instead of Shakespeare. Shakespeare windows start with the tokenizer's BOS token (``--no-bos``: they do
+not; ``data.random_batch`` says why) and the model records its id (``ModelConfig.bos_id``), so evaluation,
+``generate`` and ``analyze`` read text the same way. ``--probe-interval N`` adds a "probe" to the log line
+of every N-th step: sinks and activations of the model at that step (``probe``).
 
-The CPU recipe, measured (``--preset cpu``: 874,624 parameters, char-level, 600 steps of 32 x 128
-tokens) on this project's idle 2-core CPU machine (AMD EPYC, torch 2.13, default threads) by notebook
+The CPU recipe, measured before windows started with BOS (``--preset cpu --no-bos`` reproduces it;
+874,624 parameters, char-level, 600 steps of 32 x 128 tokens) on this project's idle 2-core CPU machine (AMD EPYC, torch 2.13, default threads) by notebook
 07 with MSP_FAST=0, whose cells run ``train(preset("cpu", attention=...))``, the same call as the
 command line above; the val_loss column was reproduced to 4 decimals by a second pair of runs
 (OMP_NUM_THREADS=1, sharing the cores with other jobs, 10.7 and 12.5 min):
