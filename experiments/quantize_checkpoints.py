@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minisoftpick.cli import usage_errors
 from minisoftpick.data import load_tokens
+from minisoftpick.files import atomic_path, write_text
 from minisoftpick.quant import SETTINGS, bootstrap_se, evaluate_settings, window_losses
 from minisoftpick.train import load_checkpoint, read_checkpoint
 
@@ -76,13 +78,9 @@ def quantize_run(path: Path, out: Path, batch_size: int, max_tokens: int | None 
         "rows": [{k: v for k, v in row.items() if k != "window_losses"} for row in rows],
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(out / f"{name}.json")
-    with open(out / f"{name}.npz.tmp", "wb") as f:
+    with atomic_path(out / f"{name}.npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **{row["setting"]: row["window_losses"].numpy() for row in rows})
-    (out / f"{name}.npz.tmp").replace(out / f"{name}.npz")
+    write_text(out / f"{name}.json", json.dumps(report, indent=1) + "\n")
     return report
 
 
@@ -101,6 +99,7 @@ def markdown_table(reports: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+@usage_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*", type=Path, help="run folders or checkpoint files")

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from minisoftpick.files import atomic_path, write_text  # noqa: E402
 from minisoftpick.quant import bootstrap_se, verdict  # noqa: E402
 
 SIZES = {"study": "6 layers x d_model 256", "study_large": "8 layers x d_model 512"}
@@ -167,7 +168,8 @@ def plot_trend(runs: dict, path: Path) -> None:
     fig.suptitle(
         "sinks and massive activations during training (solid: 6 x 256, dashed: 8 x 512; pale: seed 1)"
     )
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -199,7 +201,8 @@ def plot_quantization(comparison: dict, path: Path) -> None:
             title=SIZES.get(preset, preset),
         )
         ax.legend(fontsize=7, ncol=2)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -221,8 +224,7 @@ def main() -> None:
         "quantization": comparison,
     }
     out = args.folder / "summary.json"
-    out.with_suffix(".tmp").write_text(json.dumps(summary, indent=1) + "\n")
-    out.with_suffix(".tmp").replace(out)
+    write_text(out, json.dumps(summary, indent=1) + "\n")
     plot_trend(runs, args.folder / "trend.png")
     plot_quantization(comparison, args.folder / "quantization.png")
     for name, run in runs.items():

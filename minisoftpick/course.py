@@ -1,8 +1,10 @@
-"""What the first cell of every notebook calls: seeds, versions, the interpreter, FAST mode."""
+"""What the first cell of every notebook calls: seeds, versions, the interpreter, FAST mode.
+
+This is the course layer (with ``checks`` and ``solutions``): the library never imports it.
+"""
 
 from __future__ import annotations
 
-import os
 import platform
 import random
 
@@ -11,11 +13,7 @@ import torch
 
 from . import kernels  # sets TRITON_INTERPRET=1 without a GPU, before any kernel is defined
 from .checks.core import solutions_mode
-
-
-def fast_mode() -> bool:
-    """True when MSP_FAST=1 (set by `make test` and CI): heavy cells then pick small presets."""
-    return os.environ.get("MSP_FAST", "0") == "1"
+from .settings import fast_mode
 
 
 def seed_everything(seed: int = 0) -> None:

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .course import fast_mode
+from .settings import progress_disabled
 
 GRANULARITIES = ("per_token", "per_tensor")
 BOOTSTRAP_SAMPLES = 2000
@@ -315,7 +315,7 @@ def evaluate_settings(
     for name, kwargs in tqdm(
         (SETTINGS if settings is None else settings).items(),
         desc="quantization settings",
-        disable=fast_mode(),
+        disable=progress_disabled(),
     ):
         losses = val_loss(quantize_model(model, group_size=group_size, skip=skip, **kwargs))
         per_window = isinstance(losses, Tensor) and losses.dim() == 1

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .course import fast_mode
+from .settings import progress_disabled
 
 DIGITS = tuple(range(10))
 PASSKEY = 10
@@ -164,7 +164,7 @@ def passkey_accuracy(
     model.eval()
     accuracy = {}
     try:
-        with tqdm(total=len(seq_lens) * n, desc="passkey", unit="seq", disable=fast_mode()) as bar:
+        with tqdm(total=len(seq_lens) * n, desc="passkey", unit="seq", disable=progress_disabled()) as bar:
             for seq_len in seq_lens:
                 correct = 0
                 for done in range(0, n, batch_size):

@@ -71,7 +71,9 @@ def test_environment_yml_installs_the_lock_and_the_project():
 
 
 def test_lock_pins_every_dependency_exactly():
-    lock = [line for line in (ROOT / "requirements.lock").read_text().splitlines() if line and line[0] != "#"]
+    lock = [
+        line for line in (ROOT / "requirements.lock").read_text().splitlines() if line and line[0] not in "#-"
+    ]
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[^=\s;]+(; .+)?", line) for line in lock), lock
     pinned = {re.split(r"==", line)[0].lower().replace("_", "-") for line in lock}
     pyproject = (ROOT / "pyproject.toml").read_text()
@@ -118,3 +120,27 @@ def test_make_lab_serves_the_notebooks(tmp_path):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+
+
+DESIGN_DOC = ROOT / "docs" / "design.md"
+CITATION = re.compile(r'docs/design\.md, \\?"([^"\\]+)\\?"')
+
+
+def tracked_text_files() -> list[Path]:
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [
+        ROOT / n for n in names.split() if Path(n).suffix in {".py", ".md", ".ipynb", ".sh", ".txt", ".toml"}
+    ]
+
+
+def test_no_file_cites_a_document_outside_the_repository():
+    outside = [p.name for p in tracked_text_files() if re.search(r"DESIGN\.md|\.\./shared", p.read_text())]
+    assert not outside, f"these files cite a design document that is not in the repository: {outside}"
+
+
+def test_every_design_citation_names_a_section_of_docs_design():
+    sections = set(re.findall(r"^## (.+)$", DESIGN_DOC.read_text(), flags=re.MULTILINE))
+    cited = {(p.name, s) for p in tracked_text_files() for s in CITATION.findall(p.read_text())}
+    assert cited, "no file cites docs/design.md"
+    missing = sorted((name, s) for name, s in cited if s not in sections)
+    assert not missing, f"citations of docs/design.md sections that do not exist: {missing}"

@@ -4,7 +4,7 @@ import torch
 
 
 def softpick_score_grad(s, shift, den, dp, delta):
-    """dS = exp(s) / D * (1[s > 0] * dP - sign(s) * Delta) for one block of scores (DESIGN.md, Jacobian).
+    """dS = exp(s) / D * (1[s > 0] * dP - sign(s) * Delta) for one block of scores (docs/design.md, "Backward").
 
     s, dp: [M, N] scores and dP = dO @ V^T; shift, den, delta: [M] per row, as the forward saved them
     (c = max(rowmax, 0) and den = D * exp(-c)) and Delta = rowsum(dO * O). exp(s) / D is computed as

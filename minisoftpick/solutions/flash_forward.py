@@ -3,7 +3,7 @@
 Simpler than kernels/flash_softpick.py: fixed 16 x 16 blocks, no autotuning, one key/value head per
 query head (no GQA), float32 throughout, natural exp instead of the exp2 fold, and one loop over the
 key blocks with the causal mask applied in every block. The loop body is the online update of
-notebook 03 (DESIGN.md, "Online form").
+notebook 03 (docs/design.md, "Online recurrence").
 
 This module defines a @triton.jit kernel, so it is imported lazily (by the checks, or on first use of
 ``minisoftpick.solutions.flash_forward``), after ``minisoftpick.kernels`` has set TRITON_INTERPRET=1 on
