@@ -1,4 +1,4 @@
-"""The Bigram-Backcopy preset end to end: the trainer logs the sink metrics, analyze reports them, and
+"""The Bigram-Backcopy preset end to end: the trainer's probe logs the sink metrics, analyze reports them, and
 the committed runs (results/backcopy/) show the sink with softmax and none with softpick."""
 
 import json
@@ -92,11 +92,9 @@ def test_a_backcopy_run_logs_the_sink_metrics_and_analyze_reports_them(tmp_path,
         )
     )
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [("backcopy" in r) for r in log] == [True, True]  # every evaluation, here every line
-    assert (
-        log[-1]["backcopy"]["dormant_queries"] + log[-1]["backcopy"]["active_queries"]
-        == train.PROBE_BATCH * 63
-    )
+    assert [("probe" in r) for r in log] == [True, True]  # probe_interval 2: every line here
+    probe = log[-1]["probe"]
+    assert probe["dormant_queries"] + probe["active_queries"] == train.PROBE_BATCH * 63
     capsys.readouterr()
     analyze.main([str(out), "--out", str(tmp_path / "analysis"), "--batch-size", "4"])
     report = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
