@@ -18,8 +18,8 @@ SINK_THRESHOLD = 0.3
 def test_preset_is_the_measured_recipe():
     cfg = preset("backcopy")
     train.check_config(cfg)
-    vocab_size, sample, val = train.load_task(cfg)
-    assert vocab_size == synthetic.BACKCOPY_VOCAB_SIZE
+    vocab_size, bos, sample, val = train.load_task(cfg)
+    assert vocab_size == synthetic.BACKCOPY_VOCAB_SIZE and bos is None  # the task's BOS is its own token
     x, y = sample(train.step_generator(cfg.seed, 0))
     assert x.shape == y.shape == (64, 64) and torch.all(x[:, 0] == synthetic.BACKCOPY_BOS)
     assert len(val) == cfg.eval_batches
@@ -85,7 +85,7 @@ def test_a_backcopy_run_logs_the_sink_metrics_and_analyze_reports_them(tmp_path,
             "backcopy",
             max_steps=4,
             eval_interval=2,
-            log_interval=2,
+            probe_interval=2,
             eval_batches=1,
             out=str(out),
             device="cpu",
@@ -110,18 +110,9 @@ def test_committed_runs_show_the_sink_with_softmax_only(attention):
     x, _ = analyze.analysis_batch(analyze.run_config(train.read_checkpoint(path)), "val", 64)
     report = analyze.backcopy_report(model, x)
     layer = report["layers"][0]
-    assert report["copy_accuracy"] > 0.9  # the head copies at triggers, with either normalizer
-    assert layer["previous_token_attention_active"][0] > 0.5
+    assert report["copy_accuracy"] > 0.8  # the head copies after triggers, with either normalizer
     if attention == "softmax":
-        assert layer["bos_attention_dormant"][0] > SINK_THRESHOLD
+        assert layer["bos_attention_dormant"][0] > SINK_THRESHOLD and layer["row_mass_dormant"][0] > 0.99
+        assert layer["previous_token_attention_active"][0] > 0.5
     else:
         assert layer["bos_attention_dormant"][0] < 0.05 and layer["row_mass_dormant"][0] < 0.1
-
-
-def test_backcopy_report_needs_sequences_that_start_with_bos():
-    model = Transformer(ModelConfig(vocab_size=65, seq_len=8, n_layers=1, n_heads=1, d_model=16))
-    x, _ = synthetic.backcopy_batch(2, 8, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(
-        ValueError, match=r"x must be backcopy sequences \[B, T >= 2\] that start with BOS \(64\)"
-    ):
-        analyze.backcopy_report(model, x[:, 1:])
