@@ -51,7 +51,6 @@ the interpreter, with bf16 computed in fp32 (the interpreter gets bf16 wrong).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -60,10 +59,10 @@ import triton.language as tl
 from torch import Tensor
 
 from minisoftpick.attention import check_attention_inputs
+from minisoftpick.normalizers import DEFAULT_EPS
 
 from . import check_interpreter_ready, interpreting
 
-DEFAULT_EPS = 1e-6  # softpick's eps, as in minisoftpick.softpick
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2E)
 LN2 = tl.constexpr(0.6931471805599453)
 MAX_HEAD_DIM = 256
@@ -520,7 +519,7 @@ class FlashSoftpickFunction(torch.autograd.Function):
         return *grads, None, None, None
 
 
-def _check_kernel_inputs(q: Tensor, k: Tensor, causal: bool, scale: float | None, eps: float) -> None:
+def _check_kernel_inputs(q: Tensor, k: Tensor) -> None:
     """What the kernel needs beyond check_attention_inputs; ValueError/TypeError before any launch."""
     if q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
@@ -542,20 +541,6 @@ def _check_kernel_inputs(q: Tensor, k: Tensor, causal: bool, scale: float | None
         raise ValueError(
             f"batch * query heads must be at most {MAX_GRID_HEADS}, got {q.shape[0] * q.shape[1]}"
         )
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if scale is not None and not _is_real(scale):
-        raise TypeError(f"scale must be None or a Python float, got {type(scale).__name__}")
-    if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be positive and finite, got {scale}")
-    if not _is_real(eps):
-        raise TypeError(f"eps must be a Python float, got {type(eps).__name__}")
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite float >= 0, got {eps}")
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def flash_softpick_attention(
@@ -576,10 +561,8 @@ def flash_softpick_attention(
     ``eps`` (>= 0) is softpick's, added to each row's denominator (docs/design.md, "Stable form").
     A row that sees no key gives zeros, also with eps = 0. Non-contiguous inputs are copied once.
     """
-    check_attention_inputs(q, k, v)
-    _check_kernel_inputs(q, k, causal, scale, eps)
-    scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
-    eps = float(eps)
+    scale, _, eps = check_attention_inputs(q, k, v, causal=causal, scale=scale, eps=eps)
+    _check_kernel_inputs(q, k)
     if interpreting() and q.dtype == torch.bfloat16:  # the interpreter gets bf16 wrong: compute in fp32
         out = FlashSoftpickFunction.apply(q.float(), k.float(), v.float(), causal, scale, eps)
         return out.to(torch.bfloat16)
