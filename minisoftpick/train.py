@@ -234,8 +234,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(
             f"grad_clip must be > 0 (the largest gradient norm; inf: no clipping), got {cfg.grad_clip}"
         )
-    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
-        raise ValueError(f"max_minutes must be None or > 0, got {cfg.max_minutes}")
+    if cfg.max_minutes is not None and not cfg.max_minutes >= 0:  # 0: stop after the first step
+        raise ValueError(f"max_minutes must be None or >= 0, got {cfg.max_minutes}")
     if not cfg.data_dir:
         raise ValueError("data_dir must name a folder, got ''")
     model_config(cfg, vocab_size=1)  # ModelConfig names the field when heads and widths do not fit
