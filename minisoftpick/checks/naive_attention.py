@@ -1,0 +1,101 @@
+"""Notebook 02's exercise: naive softpick attention (docs/design.md, "Masking")."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import tolerances
+from ..attention import naive_attention as reference_attention
+from .cases import (
+    HIDDEN_HINT,
+    LARGE_HIDDEN_SCORES,
+    LARGE_HINT,
+    LARGE_SCORES,
+    only_key_zero_visible,
+    qkv,
+    qkv_with_scores,
+    scores_case,
+)
+from .core import Exercise, Property, call, gradients, zeros
+
+naive_attention = Exercise(
+    name="naive_attention",
+    contract="fn(q, k, v, causal=True): softpick attention, scale 1/sqrt(D), causal mask bottom-right aligned",
+    reference=reference_attention,
+    seed=1,
+    properties=[
+        Property(
+            "shape",
+            "q, k, v of shape [2, 3, 6, 8]",
+            lambda g: call(*qkv(g, 2, 3, 6, 6, 8), causal=True),
+            "return weights @ v, shaped like q",
+            layout=True,
+        ),
+        Property(
+            "rows of negative scores attend to nothing",
+            "non-causal, every score < 0",
+            lambda g: call(
+                *qkv_with_scores(g, -torch.rand(6, generator=g, dtype=torch.float64) * 3 - 0.01, 6, 8),
+                causal=False,
+            ),
+            "softpick, not softmax: an all-negative row has weight zero everywhere, so its output is 0",
+            expected=zeros,
+        ),
+        Property(
+            "causal mask",
+            "causal, query 0 sees only key 0 (score 2): is its output all zeros? (1 = yes)",
+            only_key_zero_visible,
+            "query i sees keys j <= i: the diagonal is included",
+            observe=lambda fn, q, k, v, causal: (fn(q, k, v, causal=causal)[..., 0, :] == 0).all().double(),
+            expected=lambda *args, **kwargs: torch.tensor(0.0),
+        ),
+        Property(
+            "masked keys stay out of the denominator",
+            "causal, query 0 sees only key 0 (score 2)",
+            only_key_zero_visible,
+            "exp(-inf) - 1 = -1 adds 1 per masked key to sum |exp(s) - 1|: zero masked entries before summing",
+            observe=lambda fn, q, k, v, causal: fn(q, k, v, causal=causal)[..., 0, :],
+            expected=lambda q, k, v, causal: reference_attention(q, k, v)[..., 0, :],
+        ),
+        Property(
+            "scores scaled by 1/sqrt(D)",
+            "causal=False, D = 64",
+            lambda g: call(*qkv(g, 1, 2, 6, 6, 64), causal=False),
+            "divide q @ k^T by sqrt(D) before softpick",
+        ),
+        Property(
+            "causal mask",
+            "causal=True, T = 7",
+            lambda g: call(*qkv(g, 2, 2, 7, 7, 8, std=1.5), causal=True),
+            "query i sees keys j <= i (the diagonal included)",
+        ),
+        Property(
+            "Tq != Tk, bottom-right causal mask",
+            "Tq = 3, Tk = 8",
+            lambda g: call(*qkv(g, 1, 2, 3, 8, 8, std=1.5), causal=True),
+            "query i sees keys j <= i + Tk - Tq (the last query sees every key)",
+        ),
+        Property(
+            "stable for large scores",
+            f"causal, float32, every query scores {LARGE_SCORES} on keys 0-5",
+            scores_case(LARGE_SCORES, 6, torch.float32, causal=True),
+            LARGE_HINT,
+            tolerance=tolerances.FLOAT32,
+        ),
+        Property(
+            "large hidden scores stay hidden",
+            f"causal, float32, every query scores {LARGE_HIDDEN_SCORES}: queries 0-3 cannot see the 400s",
+            scores_case(LARGE_HIDDEN_SCORES, 6, torch.float32, causal=True),
+            HIDDEN_HINT,
+            tolerance=tolerances.FLOAT32,
+        ),
+        Property(
+            "gradient",
+            "d loss / d (q, k, v), causal, T = 4",
+            lambda g: call(*qkv(g, 1, 1, 4, 4, 8, std=1.5)),
+            "use differentiable torch ops only",
+            observe=gradients,
+            expected=lambda q, k, v: gradients(reference_attention, q, k, v),
+        ),
+    ],
+)
