@@ -117,6 +117,54 @@ JACOBIAN_RIGHT = [
     lambda x: torch.autograd.functional.jacobian(msp.softpick, x),
 ]
 
+# ---- 01 softpick_vjp: fn(x, grad) -> dL/dx ---------------------------------------------------------
+
+
+def vjp_with(indicator=lambda x: x > 0, sign=torch.sign, shifted=True, delta_term=True):
+    def vjp(x, grad):
+        c = x.amax(-1, keepdim=True).clamp(min=0) if shifted else torch.zeros(())
+        e = torch.exp(x - c)
+        den = (e - torch.exp(-c)).abs().sum(-1, keepdim=True) + 1e-6 * torch.exp(-c)
+        delta = (grad * torch.relu(e - torch.exp(-c)) / den).sum(-1, keepdim=True)
+        return e / den * (indicator(x) * grad - (sign(x) * delta if delta_term else 0))
+
+    return vjp
+
+
+def softmax_vjp(x, grad):
+    p = torch.softmax(x, -1)
+    return p * (grad - (grad * p).sum(-1, keepdim=True))
+
+
+VJP_WRONG = [
+    (softmax_vjp, "matches autograd on random rows"),
+    (vjp_with(sign=torch.ones_like), "matches autograd on random rows"),
+    (vjp_with(delta_term=False), "matches autograd on random rows"),
+    (vjp_with(indicator=lambda x: x >= 0), "scores exactly 0 get zero gradient"),
+    (vjp_with(shifted=False), "stable for large scores"),
+]
+VJP_RIGHT = [solutions.softpick_vjp, vjp_with()]
+
+# ---- 02 causal_mask: fn(tq, tk) -> bool [tq, tk] -----------------------------------------------------
+
+MASK_WRONG = [
+    (lambda tq, tk: torch.ones(tq, tk).tril().bool(), "Tq < Tk is bottom-right aligned"),
+    (
+        lambda tq, tk: torch.arange(tk)[None, :] < torch.arange(tq)[:, None] + tk - tq,
+        "Tq = Tk: query i sees keys j <= i",
+    ),
+    (
+        lambda tq, tk: torch.arange(tk)[None, :] >= torch.arange(tq)[:, None] + tk - tq,
+        "Tq = Tk: query i sees keys j <= i",
+    ),
+    (lambda tq, tk: msp.causal_mask(tq, tk).float(), "a bool tensor [Tq, Tk]"),
+    (
+        lambda tq, tk: msp.causal_mask(max(tq, tk), max(tq, tk))[-tq:, -tk:] if tq <= tk else None,
+        "Tq > Tk: the first queries see no key",
+    ),
+]
+MASK_RIGHT = [solutions.causal_mask, msp.causal_mask, lambda tq, tk: torch.ones(tq, tk).tril(tk - tq).bool()]
+
 # ---- 02 naive attention: fn(q, k, v, causal=True) ------------------------------------------------
 
 
@@ -217,6 +265,38 @@ ONLINE_WRONG = [
 ]
 ONLINE_RIGHT = [solutions.online_softpick_attention, online_with(), msp.online_softpick_attention]
 
+# ---- 03 merge_partials: fn(c1, den1, acc1, c2, den2, acc2) -> (c, den, acc) ---------------------------
+
+
+def merge_with(rescale_acc=True, rescale_den=True, shift=torch.maximum):
+    def merge(c1, den1, acc1, c2, den2, acc2):
+        c = shift(c1, c2)
+        r1, r2 = torch.exp(c1 - c), torch.exp(c2 - c)
+        den = den1 * r1 + den2 * r2 if rescale_den else den1 + den2
+        return c, den, acc1 * r1 + acc2 * r2 if rescale_acc else acc1 + acc2
+
+    return merge
+
+
+def merge_through_unshifted(c1, den1, acc1, c2, den2, acc2):
+    """Undo both shifts, add, shift again: exact in float64, exp(300) = inf in float32."""
+    c = torch.maximum(c1, c2)
+    den = (den1 * torch.exp(c1) + den2 * torch.exp(c2)) * torch.exp(-c)
+    return c, den, (acc1 * torch.exp(c1) + acc2 * torch.exp(c2)) * torch.exp(-c)
+
+
+MERGE_WRONG = [
+    (merge_with(rescale_acc=False), "rescales den and acc to the common shift"),
+    (merge_with(rescale_den=False), "rescales den and acc to the common shift"),
+    (merge_with(shift=lambda a, b: (a + b) / 2), "rescales den and acc to the common shift"),
+    (merge_through_unshifted, "stable when the shifts are far apart"),
+    (
+        lambda c1, den1, acc1, c2, den2, acc2: torch.cat([c1, den1, acc1], -1),
+        "rescales den and acc to the common shift",
+    ),
+]
+MERGE_RIGHT = [solutions.merge_partials, merge_with()]
+
 # ---- 06 softpick_score_grad: fn(s, shift, den, dp, delta) -> ds ----------------------------------
 
 
@@ -242,6 +322,31 @@ SCORE_GRAD_WRONG = [
     (score_grad_with(sign=lambda s: (s > 0).double()), "matches autograd on random scores"),
 ]
 SCORE_GRAD_RIGHT = [solutions.softpick_score_grad, score_grad_with()]
+
+# ---- 06 attention_roofline: fn(b, h, t, d, mode, peak_flops, bandwidth) -> (flops, bytes, attainable) ----
+
+
+def roofline_with(causal_half=0.5, training=3.5, bytes_per=2, training_tensors=12, roof=min, roofs=None):
+    def roofline(b, h, t, d, mode, peak_flops, bandwidth):
+        peak_flops, bandwidth = roofs or (peak_flops, bandwidth)
+        forward = 4 * b * h * t * t * d * causal_half
+        flops = forward if mode == "fwd" else training * forward
+        moved = (4 if mode == "fwd" else training_tensors) * b * h * t * d * bytes_per
+        return flops, moved, roof(peak_flops, flops / moved * bandwidth)
+
+    return roofline
+
+
+ROOFLINE_WRONG = [
+    (roofline_with(causal_half=1.0), "causal forward FLOPs"),
+    (roofline_with(training=3.0), "forward+backward FLOPs"),
+    (roofline_with(bytes_per=4), "minimum bytes moved"),
+    (roofline_with(training_tensors=4), "minimum bytes moved"),
+    (roofline_with(roof=max), "memory-bound below the ridge"),
+    (roofline_with(roofs=(7.5e14, 3.0e12)), "reads the roofs it is given"),
+    (lambda b, h, t, d, mode, peak_flops, bandwidth: {"flops": 1.0}, "causal forward FLOPs"),
+]
+ROOFLINE_RIGHT = [solutions.attention_roofline, roofline_with()]
 
 # ---- 07 learning_rate: fn(cfg, step) --------------------------------------------------------------
 
@@ -381,9 +486,13 @@ RTN_RIGHT = [solutions.quantize_rtn, rtn_with(), rtn_with(add_zero_first=True)] 
 WRONG = {
     "softpick": SOFTPICK_WRONG,
     "softpick_jacobian": JACOBIAN_WRONG,
+    "softpick_vjp": VJP_WRONG,
+    "causal_mask": MASK_WRONG,
+    "merge_partials": MERGE_WRONG,
     "naive_attention": NAIVE_WRONG,
     "online_softpick_attention": ONLINE_WRONG,
     "softpick_score_grad": SCORE_GRAD_WRONG,
+    "attention_roofline": ROOFLINE_WRONG,
     "learning_rate": LR_WRONG,
     "sink_rate": SINK_WRONG,
     "kurtosis": KURTOSIS_WRONG,
@@ -393,9 +502,13 @@ WRONG = {
 RIGHT = {
     "softpick": SOFTPICK_RIGHT,
     "softpick_jacobian": JACOBIAN_RIGHT,
+    "softpick_vjp": VJP_RIGHT,
+    "causal_mask": MASK_RIGHT,
+    "merge_partials": MERGE_RIGHT,
     "naive_attention": NAIVE_RIGHT,
     "online_softpick_attention": ONLINE_RIGHT,
     "softpick_score_grad": SCORE_GRAD_RIGHT,
+    "attention_roofline": ROOFLINE_RIGHT,
     "learning_rate": LR_RIGHT,
     "sink_rate": SINK_RIGHT,
     "kurtosis": KURTOSIS_RIGHT,

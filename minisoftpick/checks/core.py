@@ -232,7 +232,7 @@ def difference(yours: object, expected: Tensor | Sequence[Tensor], tol: Toleranc
         raise Mismatch(f"your function returned {type(yours).__name__}, expected a torch.Tensor")
     if tuple(yours.shape) != tuple(expected.shape):
         return f"shape {tuple(yours.shape)}, expected {tuple(expected.shape)}"
-    y, e = to_float64(yours), to_float64(expected)
+    y, e = (x.detach().double().cpu() for x in (yours, expected))
     bad = ~torch.isclose(y, e, **tol.kwargs()) | torch.isnan(y)
     if not bad.any():
         return None

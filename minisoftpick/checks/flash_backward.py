@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import tolerances
 from ..normalizers import softpick as reference_softpick
-from .core import Exercise, Property, call
+from .core import Exercise, Mismatch, Property, call
 
 EPS = 1e-6  # msp.softpick's default eps, which the forward's saved den includes
 
@@ -95,6 +95,102 @@ softpick_score_grad = Exercise(
                 [[800.0, 790.0, -3.0, 5.0], [60.0, -900.0, 0.5, 1.0]], dtype=torch.float64
             ),
             "exp(800) overflows float64: compute exp(s - c) / den with the saved shift c, never exp(s)",
+        ),
+    ],
+)
+
+
+BF16_BYTES = 2
+FORWARD_TENSORS, TRAINING_TENSORS = 4, 12  # q, k, v, out; and dO, dq, dk, dv, q, k, v, out again
+TRAINING_OVER_FORWARD = 3.5  # forward + backward FLOPs over the forward's, as bench/bench_attention.py counts
+H100_ROOFS = {"peak_flops": 7.5e14, "bandwidth": 3.0e12}  # round numbers of the measured roofs' size
+
+
+def roofline_reference(b, h, t, d, mode, peak_flops, bandwidth) -> Tensor:
+    forward = 2 * b * h * t * t * d  # two T x T x D matmuls, 2 FLOPs per multiply-add, half of them causal
+    flops = forward * (1 if mode == "fwd" else TRAINING_OVER_FORWARD)
+    moved = (FORWARD_TENSORS if mode == "fwd" else TRAINING_TENSORS) * b * h * t * d * BF16_BYTES
+    return torch.tensor([flops, moved, min(peak_flops, flops / moved * bandwidth)], dtype=torch.float64)
+
+
+def three_numbers(fn, *args, **kwargs) -> Tensor:
+    value = fn(*args, **kwargs)
+    if not isinstance(value, tuple | list) or len(value) != 3:
+        raise Mismatch(f"your function returned {type(value).__name__}, expected (flops, bytes, attainable)")
+    try:
+        return torch.tensor([float(x) for x in value], dtype=torch.float64)
+    except (TypeError, ValueError) as error:
+        raise Mismatch(f"your function returned {value!r}, expected three numbers") from error
+
+
+def shape(b, h, t, d, mode, **roofs):
+    return lambda g: call(b, h, t, d, mode, **(roofs or H100_ROOFS))
+
+
+def part(index: int):
+    """Observe one of the three numbers; the reference's same one."""
+    return {
+        "observe": lambda fn, *args, **kwargs: three_numbers(fn, *args, **kwargs)[index],
+        "expected": lambda *args, **kwargs: roofline_reference(*args, **kwargs)[index],
+    }
+
+
+attention_roofline = Exercise(
+    name="attention_roofline",
+    contract="fn(b, h, t, d, mode, peak_flops, bandwidth) -> (FLOPs, bytes, attainable FLOP/s) of causal bf16 "
+    "attention, mode 'fwd' or 'fwd+bwd', on the roofline min(peak, intensity * bandwidth)",
+    reference=roofline_reference,
+    observe=three_numbers,
+    seed=0,
+    tolerance=tolerances.FLOAT64,
+    properties=[
+        Property(
+            "causal forward FLOPs",
+            "B = 2, H = 16, T = 4096, D = 128, mode 'fwd'",
+            shape(2, 16, 4096, 128, "fwd"),
+            "S = Q K^T and O = P V are two T x T x D matmuls, 2 FLOPs per multiply-add: 4 B H T^2 D, of which "
+            "the causal mask keeps half",
+            **part(0),
+        ),
+        Property(
+            "forward+backward FLOPs",
+            "B = 2, H = 16, T = 4096, D = 128, mode 'fwd+bwd'",
+            shape(2, 16, 4096, 128, "fwd+bwd"),
+            "the backward recomputes S and computes dV, dP, dQ, dK: five matmuls to the forward's two, so "
+            "forward+backward is 3.5 times the forward (as bench/bench_attention.py counts it)",
+            **part(0),
+        ),
+        *(
+            Property(
+                "minimum bytes moved",
+                f"B = 1, H = 8, T = 1024, D = 64, mode {mode!r}",
+                shape(1, 8, 1024, 64, mode),
+                "bf16 is 2 bytes; the forward reads q, k, v and writes out once (4 tensors of B H T D); "
+                "forward+backward also reads dO, q, k, v, out again and writes dq, dk, dv (12 in all)",
+                **part(1),
+            )
+            for mode in ("fwd", "fwd+bwd")
+        ),
+        Property(
+            "memory-bound below the ridge",
+            "B = 1, H = 1, T = 64, D = 64, mode 'fwd': intensity under peak / bandwidth",
+            shape(1, 1, 64, 64, "fwd"),
+            "attainable = min(peak, intensity * bandwidth), intensity = FLOPs / bytes: a short sequence is "
+            "limited by memory",
+            **part(2),
+        ),
+        Property(
+            "compute-bound above the ridge",
+            "B = 2, H = 16, T = 16384, D = 128, mode 'fwd+bwd'",
+            shape(2, 16, 16384, 128, "fwd+bwd"),
+            "attainable = min(peak, intensity * bandwidth): a long sequence hits the flat roof, the peak",
+            **part(2),
+        ),
+        Property(
+            "reads the roofs it is given",
+            "B = 1, H = 4, T = 2048, D = 64, mode 'fwd', peak 1e15, bandwidth 1e12",
+            shape(1, 4, 2048, 64, "fwd", peak_flops=1e15, bandwidth=1e12),
+            "use the peak_flops and bandwidth arguments, not numbers of one machine",
         ),
     ],
 )

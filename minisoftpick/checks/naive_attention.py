@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import tolerances
+from ..attention import causal_mask as reference_causal_mask
 from ..attention import naive_attention as reference_attention
 from .cases import (
     HIDDEN_HINT,
@@ -16,7 +17,7 @@ from .cases import (
     qkv_with_scores,
     scores_case,
 )
-from .core import Exercise, Property, call, gradients, zeros
+from .core import Exercise, Property, call, gradients, plain, zeros
 
 naive_attention = Exercise(
     name="naive_attention",
@@ -96,6 +97,53 @@ naive_attention = Exercise(
             "use differentiable torch ops only",
             observe=gradients,
             expected=lambda q, k, v: gradients(reference_attention, q, k, v),
+        ),
+    ],
+)
+
+
+def mask_case(tq: int, tk: int):
+    return lambda g: call(tq, tk)
+
+
+def as_numbers(fn, tq, tk):
+    mask = fn(tq, tk)
+    return mask.double() if isinstance(mask, torch.Tensor) else mask
+
+
+causal_mask = Exercise(
+    name="causal_mask",
+    contract="fn(tq, tk) -> bool [tq, tk], True where query i sees key j: j <= i + tk - tq",
+    reference=reference_causal_mask,
+    observe=as_numbers,
+    seed=0,
+    tolerance=tolerances.EXACT,
+    properties=[
+        Property(
+            "a bool tensor [Tq, Tk]",
+            "tq = tk = 5",
+            mask_case(5, 5),
+            "return torch.arange(tk)[None, :] <= ... : a comparison gives a bool tensor",
+            observe=plain,
+            layout=True,
+        ),
+        Property(
+            "Tq = Tk: query i sees keys j <= i",
+            "tq = tk = 6",
+            mask_case(6, 6),
+            "row i is query i, column j key j; the diagonal is visible (a query sees itself)",
+        ),
+        Property(
+            "Tq < Tk is bottom-right aligned",
+            "tq = 3, tk = 8",
+            mask_case(3, 8),
+            "the queries are the last tq positions: query i sees keys j <= i + tk - tq, the last query every key",
+        ),
+        Property(
+            "Tq > Tk: the first queries see no key",
+            "tq = 7, tk = 3",
+            mask_case(7, 3),
+            "with tk - tq < 0 the first tq - tk rows are all False: use the same formula, no special case",
         ),
     ],
 )

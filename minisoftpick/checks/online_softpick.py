@@ -6,6 +6,7 @@ import torch
 
 from .. import tolerances
 from ..attention import naive_attention as reference_attention
+from ..normalizers import softpick as reference_softpick
 from .cases import (
     HIDDEN_HINT,
     LARGE_HIDDEN_SCORES,
@@ -13,9 +14,10 @@ from .cases import (
     LARGE_SCORES,
     qkv,
     qkv_with_scores,
+    randn,
     scores_case,
 )
-from .core import Exercise, Property, call, zeros
+from .core import Exercise, Mismatch, Property, call, zeros
 
 FAR_BELOW = [-200.0] * 6 + [0.5, 1.0, 2.0, -1.0, 0.3, 1.5]  # the first block of 6 keys far below zero
 
@@ -84,6 +86,103 @@ online_softpick_attention = Exercise(
             "the 400s, which lie in their second block",
             scores_case(LARGE_HIDDEN_SCORES, 6, torch.float32, causal=True, block_size=4),
             "a hidden key must not raise the running max c: " + HIDDEN_HINT,
+            tolerance=tolerances.FLOAT32,
+        ),
+    ],
+)
+
+
+def partial_state(s: torch.Tensor, v: torch.Tensor, c: torch.Tensor):
+    """(c, den, acc) of scores s [M, N] and values v [N, D] with shift c [M, 1]: den without eps."""
+    p = torch.exp(s - c) - torch.exp(-c)
+    return c, p.abs().sum(-1, keepdim=True), torch.relu(p) @ v
+
+
+def two_halves(level1: float, level2: float, dtype=torch.float64):
+    """Two partial states of the same 4 rows over 5 keys each, scores about N(level, 1), each with its
+    own shift max(rowmax, 0); the keyword arguments s and v carry all 10 keys for the end-to-end check."""
+
+    def inputs(g: torch.Generator):
+        s = torch.cat([level1 + randn(g, 4, 5), level2 + randn(g, 4, 5)], 1)
+        v = randn(g, 10, 8)
+        states = [
+            partial_state(s[:, half], v[half], s[:, half].amax(-1, keepdim=True).clamp(min=0))
+            for half in (slice(0, 5), slice(5, 10))
+        ]
+        return call(*(x.to(dtype) for state in states for x in state), s=s, v=v)
+
+    return inputs
+
+
+def neutral_second(g: torch.Generator):
+    c1, den1, acc1 = partial_state(randn(g, 3, 6, std=2.0), randn(g, 6, 8), torch.full((3, 1), 1.5))
+    return call(c1, den1, acc1, torch.zeros(3, 1), torch.zeros(3, 1), torch.zeros(3, 8))
+
+
+def merged(fn, c1, den1, acc1, c2, den2, acc2, **_):
+    out = fn(c1, den1, acc1, c2, den2, acc2)
+    if (
+        not isinstance(out, tuple | list)
+        or len(out) != 3
+        or not all(isinstance(x, torch.Tensor) for x in out)
+    ):
+        raise Mismatch(
+            f"your function returned {type(out).__name__}, expected a tuple (c, den, acc) of tensors"
+        )
+    c, den, acc = out
+    if c.shape != c1.shape or den.shape != den1.shape or acc.shape != acc1.shape:
+        raise Mismatch(
+            f"shapes {tuple(c.shape)}, {tuple(den.shape)}, {tuple(acc.shape)}, expected those of c1, den1, acc1"
+        )
+    return torch.cat([c, den, acc], -1)
+
+
+def reference_merge(c1, den1, acc1, c2, den2, acc2, **_):
+    c = torch.maximum(c1, c2)
+    r1, r2 = torch.exp(c1 - c), torch.exp(c2 - c)
+    return torch.cat([c, den1 * r1 + den2 * r2, acc1 * r1 + acc2 * r2], -1)
+
+
+def finished(fn, *args, s, v):
+    """The output acc / (den + eps e^-c) of fn's merged state."""
+    state = merged(fn, *args)
+    c, den, acc = state[:, :1], state[:, 1:2], state[:, 2:]
+    return acc / (den + 1e-6 * torch.exp(-c))
+
+
+merge_partials = Exercise(
+    name="merge_partials",
+    contract="fn(c1, den1, acc1, c2, den2, acc2) -> (c, den, acc): one online state of the same rows from two over "
+    "disjoint keys, each with its own shift; c = max(c1, c2)",
+    reference=reference_merge,
+    observe=merged,
+    seed=11,
+    properties=[
+        Property(
+            "rescales den and acc to the common shift",
+            "4 rows, two halves of 5 keys, scores about N(1, 1) and N(3, 1)",
+            two_halves(1.0, 3.0),
+            "c = max(c1, c2); multiply den1 and acc1 by r1 = exp(c1 - c), den2 and acc2 by r2 = exp(c2 - c), then add",
+        ),
+        Property(
+            "the merged state finishes to attention over all keys",
+            "as above, out = acc / (den + 1e-6 exp(-c)) against softpick attention over the 10 keys",
+            two_halves(1.0, 3.0),
+            "the rescale identity: den and acc carry the same factor exp(-c), so change both by the same r",
+            observe=finished,
+            expected=lambda *args, s, v: reference_softpick(s) @ v,
+        ),
+        Property(
+            "a state that saw no key changes nothing",
+            "second state c2 = 0, den2 = 0, acc2 = 0",
+            neutral_second,
+            "a state of no keys has den = acc = 0 and c = 0; merged with it, the first comes back unchanged",
+        ),
+        Property(
+            "stable when the shifts are far apart",
+            "float32, first half's scores about N(-50, 1) (c1 = 0), second half's about N(300, 1)",
+            two_halves(-50.0, 300.0, dtype=torch.float32),
+            "rescale toward the larger shift, r = exp(c_i - c) <= 1: exp(c - c_i) overflows float32",
             tolerance=tolerances.FLOAT32,
         ),
     ],

@@ -183,3 +183,73 @@ softpick_jacobian = Exercise(
         ),
     ],
 )
+
+
+def _vjp(x: Tensor, grad: Tensor) -> Tensor:
+    x = x.detach().requires_grad_(True)
+    (dx,) = torch.autograd.grad(reference_softpick(x), x, grad)
+    return dx
+
+
+def with_grad(make):
+    """Inputs (x, grad) for scores make(g) and a random upstream gradient grad = dL/dp of x's shape."""
+
+    def inputs(g: torch.Generator):
+        x = make(g)
+        return call(x, torch.randn(x.shape, generator=g, dtype=torch.float64))
+
+    return inputs
+
+
+softpick_vjp = Exercise(
+    name="softpick_vjp",
+    contract="fn(x, grad) -> dL/dx for p = softpick(x) along the last dim and grad = dL/dp, without building J",
+    reference=_vjp,
+    seed=10,
+    properties=[
+        Property(
+            "shape",
+            "x, grad = randn(4, 7) (float64)",
+            with_grad(lambda g: randn(g, 4, 7)),
+            "one gradient per score: shaped like x",
+            layout=True,
+        ),
+        Property(
+            "matches autograd on random rows",
+            "x = 2 * randn(5, 9)",
+            with_grad(lambda g: randn(g, 5, 9, std=2.0)),
+            "dL/dx_j = e^x_j / D * (1[x_j > 0] * grad_j - sign(x_j) * Delta), Delta = sum_i grad_i p_i, per row",
+        ),
+        Property(
+            "negative scores get gradient through the denominator",
+            "x: one positive score per row, the rest in (-3, 0)",
+            with_grad(
+                lambda g: torch.cat(
+                    [
+                        torch.rand(3, 1, generator=g, dtype=torch.float64) + 0.5,
+                        -3 * torch.rand(3, 6, generator=g),
+                    ],
+                    1,
+                )
+            ),
+            "a negative score has zero weight but moves D: its gradient is -e^x_j / D * sign(x_j) * Delta = "
+            "+e^x_j / D * Delta, not 0",
+        ),
+        Property(
+            "scores exactly 0 get zero gradient",
+            "x = [[1.2, 0, -0.7, 0, 0.4], [0, 0, 0, 0, 0]]",
+            with_grad(lambda g: torch.tensor([[1.2, 0.0, -0.7, 0.0, 0.4], [0.0] * 5], dtype=torch.float64)),
+            "at x = 0 both 1[x > 0] and sign(x) are 0: use x > 0 (not >=) and torch.sign",
+        ),
+        Property(
+            "stable for large scores",
+            "x = [[800, 790, -3, 5], [60, -900, 0.5, 1]]",
+            with_grad(
+                lambda g: torch.tensor(
+                    [[800.0, 790.0, -3.0, 5.0], [60.0, -900.0, 0.5, 1.0]], dtype=torch.float64
+                )
+            ),
+            "exp(800) overflows float64: e^x / D = e^(x - c) / (D e^-c) with c = max(m, 0) per row",
+        ),
+    ],
+)

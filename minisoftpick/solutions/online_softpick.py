@@ -24,3 +24,13 @@ def online_softpick_attention(q, k, v, causal=True, block_size=16):
         acc = acc * r + torch.relu(p) @ vb
         c = c_new
     return acc / (den + 1e-6 * torch.exp(-c))
+
+
+def merge_partials(c1, den1, acc1, c2, den2, acc2):
+    """Merge two partial online states of the same rows over disjoint keys, each with its own shift.
+
+    c [M, 1], den [M, 1] (running sums, no eps), acc [M, D]: move both to c = max(c1, c2) by the rescale
+    identity (notebook 03, section 2), then add."""
+    c = torch.maximum(c1, c2)
+    r1, r2 = torch.exp(c1 - c), torch.exp(c2 - c)
+    return c, den1 * r1 + den2 * r2, acc1 * r1 + acc2 * r2
