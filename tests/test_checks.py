@@ -1,6 +1,7 @@
 """Every exercise check accepts right answers and rejects plausible wrong ones, each at the property that
 must catch it; the runner's guards (signature, unfinished stubs, solutions mode) and the registry."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -645,3 +646,35 @@ def test_progress_lists_every_exercise_and_what_became_of_it(capsys):
         "not run"
     }
     assert all(name in out for name in EXERCISES) and f"{len(EXERCISES) - 3} not run" in out
+
+
+def test_notebook_05s_stub_is_the_solution_kernel_without_its_loop_body():
+    """One source for the didactic kernel: the notebook's stub is the reference with the loop body left out."""
+    solution = (ROOT / "minisoftpick" / "solutions" / "flash_forward.py").read_text()
+    kernel = solution[solution.index("# fmt: off") : solution.index("# fmt: on")]
+    outside = re.sub(
+        r"        # --- the loop body.*?# --- end of the loop body ---\n", "", kernel, flags=re.DOTALL
+    )
+    notebook = json.loads((ROOT / "notebooks" / "05_flash_forward.ipynb").read_text())
+    cell = next(
+        "".join(c["source"])
+        for c in notebook["cells"]
+        if "def my_flash_forward_kernel(" in "".join(c["source"])
+    )
+    stub = cell[cell.index("# fmt: off") : cell.index("# fmt: on")]
+    stub = re.sub(r"        # your code here.*\n        pass\n", "", stub).replace("  # noqa: F841", "")
+    assert stub.replace("my_flash_forward_kernel(", "flash_forward_kernel(").split() == outside.split()
+
+
+def test_an_exercise_named_like_its_module_stays_the_exercise():
+    """checks.causal_mask loads checks/naive_attention.py; checks.naive_attention must still be the check."""
+    import subprocess
+    import sys
+
+    code = (
+        "from minisoftpick import checks, solutions; checks.causal_mask; solutions.causal_mask; "
+        "print(callable(checks.naive_attention), callable(solutions.naive_attention), "
+        "checks.naive_attention.__name__, solutions.naive_attention.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "naive_attention", "naive_attention"]

@@ -171,6 +171,23 @@ def flash_forward_with(rescale_den=True, rescale_acc=True, c_start=0.0, hidden_s
     return launch
 
 
+def tiled_gqa(q, k, v, causal=True, scale=None):
+    """Grouped-query heads in tile order (head h reads key head h % Hkv) instead of repeat_interleave order."""
+    group = q.shape[1] // k.shape[1]
+    return solutions.flash_forward_state(q, k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1), causal, scale)
+
+
+def state_with(out=None, shift=None, den=None):
+    """The solution's (out, shift, den) with one of them replaced by a function of (q, k, v, causal, scale, state)."""
+
+    def launch(q, k, v, causal=True, scale=None):
+        state = solutions.flash_forward_state(q, k, v, causal, scale)
+        parts = (out, shift, den)
+        return tuple(state[i] if f is None else f(q, k, v, causal, scale, state) for i, f in enumerate(parts))
+
+    return launch
+
+
 WRONG = {
     "softpick_rows": [
         (softpick_rows_with(relu=False), "matches softpick, n_cols a power of two"),
@@ -215,6 +232,16 @@ WRONG = {
         (lambda q, k, v, causal=True: solutions.flash_forward(q, k, v, causal), "signature"),
     ],
 }
+WRONG["flash_forward_state"] = [
+    (tiled_gqa, "grouped-query heads"),
+    (state_with(shift=lambda *args: torch.zeros_like(args[-1][1])), "out, c and den, one head"),
+    (state_with(den=lambda *args: torch.ones_like(args[-1][2])), "out, c and den, one head"),
+    (state_with(shift=lambda *args: args[-1][1][:, :1].expand_as(args[-1][1])), "every head of the batch"),
+    (state_with(out=lambda q, k, v, causal, scale, state: flash_forward_with(rescale_acc=False)(q, k, v, causal, scale)),
+     "out, c and den, one head"),
+    (lambda q, k, v, causal=True, scale=None: solutions.flash_forward(q, k, v, causal, scale), "out, c and den, one head"),
+]  # fmt: skip
+
 RIGHT = {
     "softpick_rows": [
         solutions.softpick_rows,
@@ -225,4 +252,5 @@ RIGHT = {
     "score_tile": [solutions.score_tile, score_tile_with(), lambda q, k, scale: q @ k.T * scale],
     # the variant visits the causal blocks past the diagonal too: only slower
     "flash_forward": [solutions.flash_forward, flash_forward_with()],
+    "flash_forward_state": [solutions.flash_forward_state],
 }

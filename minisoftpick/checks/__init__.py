@@ -23,6 +23,7 @@ EXERCISES = {
     "softpick_rows": "04_triton_primer",
     "score_tile": "04_triton_primer",
     "flash_forward": "05_flash_forward",
+    "flash_forward_state": "05_flash_forward",
     "softpick_score_grad": "06_flash_backward",
     "attention_roofline": "06_flash_backward",
     "learning_rate": "07_training",
@@ -40,8 +41,14 @@ def module_of(exercise: str) -> str:
 def __getattr__(name: str):
     if name not in EXERCISES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    exercise = getattr(importlib.import_module(f".{module_of(name)}", __name__), name)
-    globals()[name] = exercise  # also replaces a submodule of the same name that the import bound here
+    module = importlib.import_module(f".{module_of(name)}", __name__)
+    for (
+        other,
+        notebook,
+    ) in EXERCISES.items():  # every exercise of the notebook: one may share the module's name
+        if notebook == EXERCISES[name]:
+            globals()[other] = getattr(module, other)
+    exercise = globals()[name]
     return exercise
 
 

@@ -13,8 +13,14 @@ from ..checks import EXERCISES, module_of
 def __getattr__(name: str):
     if name not in EXERCISES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    solution = getattr(importlib.import_module(f".{module_of(name)}", __name__), name)
-    globals()[name] = solution  # also replaces a submodule of the same name that the import bound here
+    module = importlib.import_module(f".{module_of(name)}", __name__)
+    for (
+        other,
+        notebook,
+    ) in EXERCISES.items():  # every exercise of the notebook: one may share the module's name
+        if notebook == EXERCISES[name]:
+            globals()[other] = getattr(module, other)
+    solution = globals()[name]
     return solution
 
 
