@@ -166,6 +166,21 @@ MASK_WRONG = [
 ]
 MASK_RIGHT = [solutions.causal_mask, msp.causal_mask, lambda tq, tk: torch.ones(tq, tk).tril(tk - tq).bool()]
 
+# ---- 02 masked_softpick: fn(scores, keep) -> weights ----------------------------------------------
+
+MASKED_WRONG = [
+    (
+        lambda s, keep: msp.softpick(s.masked_fill(~keep, float("-inf"))),
+        "hidden entries stay out of the denominator",
+    ),
+    (lambda s, keep: msp.softpick(s) * keep, "hidden entries stay out of the denominator"),
+    (lambda s, keep: msp.masked_softmax(s, mask=keep), "hidden entries stay out of the denominator"),
+    (lambda s, keep: masked_softpick(multiply=True)(s, keep), "large hidden scores stay hidden"),
+    (lambda s, keep: masked_softpick(shift_over_hidden=True)(s, keep), "large hidden scores stay hidden"),
+    (lambda s, keep: masked_softpick(shifted=False)(s, keep), "stable for large scores"),
+]
+MASKED_RIGHT = [solutions.masked_softpick, lambda s, keep: msp.softpick(s, mask=keep)]
+
 # ---- 02 naive attention: fn(q, k, v, causal=True) ------------------------------------------------
 
 
@@ -297,6 +312,30 @@ MERGE_WRONG = [
     ),
 ]
 MERGE_RIGHT = [solutions.merge_partials, merge_with()]
+
+# ---- 03 block_update: fn(c, den, acc, s, v, keep) -> (c, den, acc) ----------------------------------
+
+
+def update_with(rescale_den=True, rescale_acc=True, hidden_in_max=False, running_max=True):
+    def update(c, den, acc, s, v, keep):
+        block_max = (s if hidden_in_max else s.masked_fill(~keep, float("-inf"))).amax(-1, keepdim=True)
+        c_new = torch.maximum(c, block_max) if running_max else block_max.clamp(min=0)
+        r = torch.exp(c - c_new)
+        p = (torch.exp(s - c_new) - torch.exp(-c_new)).masked_fill(~keep, 0.0)
+        den = (den * r if rescale_den else den) + p.abs().sum(-1, keepdim=True)
+        return c_new, den, (acc * r if rescale_acc else acc) + torch.relu(p) @ v
+
+    return update
+
+
+UPDATE_WRONG = [
+    (update_with(rescale_den=False), "rescales the previous state"),
+    (update_with(rescale_acc=False), "rescales the previous state"),
+    (update_with(running_max=False), "a block below the shift leaves c alone"),
+    (update_with(hidden_in_max=True), "hidden keys change nothing"),
+    (lambda c, den, acc, s, v, keep: (c, den), "the first block, from the zero state"),
+]
+UPDATE_RIGHT = [solutions.block_update, update_with()]
 
 # ---- 06 softpick_score_grad: fn(s, shift, den, dp, delta) -> ds ----------------------------------
 
@@ -490,6 +529,8 @@ WRONG = {
     "softpick_vjp": VJP_WRONG,
     "causal_mask": MASK_WRONG,
     "merge_partials": MERGE_WRONG,
+    "masked_softpick": MASKED_WRONG,
+    "block_update": UPDATE_WRONG,
     "naive_attention": NAIVE_WRONG,
     "online_softpick_attention": ONLINE_WRONG,
     "softpick_score_grad": SCORE_GRAD_WRONG,
@@ -506,6 +547,8 @@ RIGHT = {
     "softpick_vjp": VJP_RIGHT,
     "causal_mask": MASK_RIGHT,
     "merge_partials": MERGE_RIGHT,
+    "masked_softpick": MASKED_RIGHT,
+    "block_update": UPDATE_RIGHT,
     "naive_attention": NAIVE_RIGHT,
     "online_softpick_attention": ONLINE_RIGHT,
     "softpick_score_grad": SCORE_GRAD_RIGHT,

@@ -7,6 +7,7 @@ import torch
 from .. import tolerances
 from ..attention import causal_mask as reference_causal_mask
 from ..attention import naive_attention as reference_attention
+from ..normalizers import softpick as reference_softpick
 from .cases import (
     HIDDEN_HINT,
     LARGE_HIDDEN_SCORES,
@@ -15,6 +16,7 @@ from .cases import (
     only_key_zero_visible,
     qkv,
     qkv_with_scores,
+    randn,
     scores_case,
 )
 from .core import Exercise, Property, call, gradients, plain, zeros
@@ -144,6 +146,82 @@ causal_mask = Exercise(
             "tq = 7, tk = 3",
             mask_case(7, 3),
             "with tk - tq < 0 the first tq - tk rows are all False: use the same formula, no special case",
+        ),
+    ],
+)
+
+
+def scores_and_mask(make, keep):
+    """Inputs (scores, keep) for scores make(g) and a fixed bool mask."""
+    return lambda g: call(make(g), torch.as_tensor(keep))
+
+
+def hidden_weights(fn, scores, keep):
+    weights = fn(scores, keep)
+    return weights * ~keep if isinstance(weights, torch.Tensor) else weights
+
+
+LARGE_HIDDEN_ROW = [[1.0, -0.5, 400.0, 2.0, 400.0]]  # the 400s are hidden
+LARGE_HIDDEN_KEEP = [[True, True, False, True, False]]
+
+masked_softpick = Exercise(
+    name="masked_softpick",
+    contract="fn(scores, keep) -> weights: softpick over the last dim of the entries where the bool keep is True; "
+    "the others get weight 0 and stay out of the denominator",
+    reference=lambda scores, keep: reference_softpick(scores, mask=keep),
+    seed=13,
+    properties=[
+        Property(
+            "shape and dtype",
+            "scores = randn(4, 6) (float64), keep = causal_mask(4, 6)",
+            scores_and_mask(lambda g: randn(g, 4, 6), reference_causal_mask(4, 6)),
+            "return weights shaped like scores, in their dtype",
+            layout=True,
+        ),
+        Property(
+            "hidden entries get weight 0",
+            "scores = 2 + randn(5, 5), keep = causal_mask(5, 5)",
+            scores_and_mask(lambda g: 2 + randn(g, 5, 5), reference_causal_mask(5, 5)),
+            "set hidden entries of exp(s - c) - exp(-c) to 0 with masked_fill(~keep, 0.0) before relu and the sum",
+            observe=hidden_weights,
+            expected=lambda scores, keep: torch.zeros_like(scores),
+            tolerance=tolerances.EXACT,
+        ),
+        Property(
+            "hidden entries stay out of the denominator",
+            "scores = [[2, -3, 1, 0.5]], keep = [[True, False, True, False]]",
+            scores_and_mask(
+                lambda g: torch.tensor([[2.0, -3.0, 1.0, 0.5]], dtype=torch.float64),
+                [[True, False, True, False]],
+            ),
+            "filling hidden scores with -inf gives exp(-inf) - 1 = -1, and |-1| adds 1 per hidden entry to the "
+            "denominator: zero them after the exp instead",
+        ),
+        Property(
+            "matches softpick on random rows with a causal mask",
+            "scores = 3 * randn(6, 6), keep = causal_mask(6, 6)",
+            scores_and_mask(lambda g: randn(g, 6, 6, std=3.0), reference_causal_mask(6, 6)),
+            "weights = relu(e) / (sum |e| + 1e-6 exp(-c)), e = exp(s - c) - exp(-c) at visible entries, 0 elsewhere",
+        ),
+        Property(
+            "a row that sees nothing is all zeros",
+            "scores = 2 + randn(2, 4), row 1 all hidden",
+            scores_and_mask(lambda g: 2 + randn(g, 2, 4), [[True, True, False, True], [False] * 4]),
+            "the max of a row with no visible entry is -inf: clamp it to c = max(m, 0) = 0, and the row is 0 / eps = 0",
+        ),
+        Property(
+            "large hidden scores stay hidden",
+            f"scores = {LARGE_HIDDEN_ROW} (float32), keep = {LARGE_HIDDEN_KEEP}",
+            scores_and_mask(lambda g: torch.tensor(LARGE_HIDDEN_ROW), LARGE_HIDDEN_KEEP),
+            HIDDEN_HINT,
+            tolerance=tolerances.FLOAT32,
+        ),
+        Property(
+            "stable for large scores",
+            "scores = [[300, 250, -5, 299.5]] (float32), every entry visible",
+            scores_and_mask(lambda g: torch.tensor([[300.0, 250.0, -5.0, 299.5]]), [[True] * 4]),
+            LARGE_HINT,
+            tolerance=tolerances.FLOAT32,
         ),
     ],
 )

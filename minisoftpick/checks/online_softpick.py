@@ -119,8 +119,8 @@ def neutral_second(g: torch.Generator):
     return call(c1, den1, acc1, torch.zeros(3, 1), torch.zeros(3, 1), torch.zeros(3, 8))
 
 
-def merged(fn, c1, den1, acc1, c2, den2, acc2, **_):
-    out = fn(c1, den1, acc1, c2, den2, acc2)
+def stacked(out, c, den, acc) -> torch.Tensor:
+    """A returned state (c, den, acc), checked against the shapes of the given one, as one [M, 2 + D] tensor."""
     if (
         not isinstance(out, tuple | list)
         or len(out) != 3
@@ -129,12 +129,16 @@ def merged(fn, c1, den1, acc1, c2, den2, acc2, **_):
         raise Mismatch(
             f"your function returned {type(out).__name__}, expected a tuple (c, den, acc) of tensors"
         )
-    c, den, acc = out
-    if c.shape != c1.shape or den.shape != den1.shape or acc.shape != acc1.shape:
+    if tuple(x.shape for x in out) != (c.shape, den.shape, acc.shape):
+        got = ", ".join(str(tuple(x.shape)) for x in out)
         raise Mismatch(
-            f"shapes {tuple(c.shape)}, {tuple(den.shape)}, {tuple(acc.shape)}, expected those of c1, den1, acc1"
+            f"shapes {got}, expected those of c, den, acc: {tuple(c.shape)}, {tuple(den.shape)}, {tuple(acc.shape)}"
         )
-    return torch.cat([c, den, acc], -1)
+    return torch.cat(list(out), -1)
+
+
+def merged(fn, c1, den1, acc1, c2, den2, acc2, **_):
+    return stacked(fn(c1, den1, acc1, c2, den2, acc2), c1, den1, acc1)
 
 
 def reference_merge(c1, den1, acc1, c2, den2, acc2, **_):
@@ -184,6 +188,97 @@ merge_partials = Exercise(
             two_halves(-50.0, 300.0, dtype=torch.float32),
             "rescale toward the larger shift, r = exp(c_i - c) <= 1: exp(c - c_i) overflows float32",
             tolerance=tolerances.FLOAT32,
+        ),
+    ],
+)
+
+
+def reference_update(c, den, acc, s, v, keep):
+    c_new = torch.maximum(c, s.masked_fill(~keep, float("-inf")).amax(-1, keepdim=True))
+    r = torch.exp(c - c_new)
+    p = (torch.exp(s - c_new) - torch.exp(-c_new)).masked_fill(~keep, 0.0)
+    return torch.cat([c_new, den * r + p.abs().sum(-1, keepdim=True), acc * r + torch.relu(p) @ v], -1)
+
+
+def updated(fn, c, den, acc, s, v, keep):
+    return stacked(fn(c, den, acc, s, v, keep), c, den, acc)
+
+
+def block_case(state, make_s, keep=None, dtype=torch.float64):
+    """Inputs (c, den, acc, s, v, keep): a previous state of 3 rows (None: the zero state) and one block of 5 keys."""
+
+    def inputs(g: torch.Generator):
+        s = make_s(g)
+        v = randn(g, s.shape[1], 4)
+        if state is None:
+            c, den, acc = torch.zeros(3, 1), torch.zeros(3, 1), torch.zeros(3, 4)
+        else:
+            c, den, acc = partial_state(
+                randn(g, 3, 6) + state, randn(g, 6, 4), torch.full((3, 1), max(state, 0.0))
+            )
+        visible = torch.ones(s.shape, dtype=torch.bool) if keep is None else torch.tensor(keep)
+        return call(*(x.to(dtype) for x in (c, den, acc, s, v)), visible)
+
+    return inputs
+
+
+def chained(fn, c, den, acc, s, v, keep):
+    """Three blocks of 4 keys through fn from the given state, finished: acc / (den + 1e-6 exp(-c))."""
+    for cols in (slice(0, 4), slice(4, 8), slice(8, 12)):
+        state = updated(fn, c, den, acc, s[:, cols], v[cols], keep[:, cols])
+        c, den, acc = state[:, :1], state[:, 1:2], state[:, 2:]
+    return acc / (den + 1e-6 * torch.exp(-c))
+
+
+HIDDEN_BLOCK = [[2.0, 400.0, -1.0, 0.5, 400.0]] * 3
+HIDDEN_KEEP = [[True, False, True, True, False]] * 3
+
+block_update = Exercise(
+    name="block_update",
+    contract="fn(c, den, acc, s, v, keep) -> (c, den, acc): the online state after one more key block, scores "
+    "s [M, N], values v [N, D], visibility keep [M, N]; c, den [M, 1] and acc [M, D]",
+    reference=reference_update,
+    observe=updated,
+    seed=14,
+    properties=[
+        Property(
+            "the first block, from the zero state",
+            "c = den = acc = 0, s = 2 randn(3, 5), every key visible",
+            block_case(None, lambda g: randn(g, 3, 5, std=2.0)),
+            "c_new = max(c, rowmax(s)), p = exp(s - c_new) - exp(-c_new), den + sum |p|, acc + relu(p) @ v",
+        ),
+        Property(
+            "rescales the previous state",
+            "a state at c = 1 from 6 earlier keys, then s = 3 + randn(3, 5)",
+            block_case(1.0, lambda g: 3 + randn(g, 3, 5)),
+            "multiply BOTH den and acc by r = exp(c - c_new) before adding the block",
+        ),
+        Property(
+            "a block below the shift leaves c alone",
+            "a state at c = 2, then s = -(3 rand(3, 5)) (every score < 0)",
+            block_case(2.0, lambda g: -3 * torch.rand(3, 5, generator=g, dtype=torch.float64)),
+            "c_new = max(c, rowmax of the block): the running shift never decreases (r <= 1)",
+        ),
+        Property(
+            "hidden keys change nothing",
+            f"float32, zero state, every row scores {HIDDEN_BLOCK[0]} with the 400s hidden",
+            block_case(
+                None, lambda g: torch.tensor(HIDDEN_BLOCK, dtype=torch.float64), HIDDEN_KEEP, torch.float32
+            ),
+            "a hidden key must not raise c: " + HIDDEN_HINT,
+            tolerance=tolerances.FLOAT32,
+        ),
+        Property(
+            "three blocks make attention",
+            "zero state, s = 2 randn(3, 12) in blocks of 4, causal-like visibility, finished as acc / (den + 1e-6 e^-c)",
+            block_case(
+                None,
+                lambda g: randn(g, 3, 12, std=2.0),
+                [[True] * (10 + i) + [False] * (2 - i) for i in range(3)],
+            ),
+            "chained blocks must equal one softpick over all visible keys",
+            observe=chained,
+            expected=lambda c, den, acc, s, v, keep: reference_softpick(s, mask=keep) @ v,
         ),
     ],
 )
