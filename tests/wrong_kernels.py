@@ -232,6 +232,36 @@ WRONG = {
         (lambda q, k, v, causal=True: solutions.flash_forward(q, k, v, causal), "signature"),
     ],
 }
+
+
+def padded_as_minus_inf(q, k, scale):
+    """Keys past N loaded as -inf (softmax's habit): each adds |exp(-inf - c) - exp(-c)| to the denominator."""
+    s = solutions.score_tile(q, k, scale)
+    pad = torch.full(
+        (s.shape[0], triton.next_power_of_2(s.shape[1]) - s.shape[1]), float("-inf"), device=s.device
+    )
+    return msp.softpick(torch.cat([s, pad], 1))[:, : s.shape[1]]
+
+
+def unshifted_weights(q, k, scale):
+    e = torch.exp(solutions.score_tile(q, k, scale)) - 1
+    return torch.relu(e) / (e.abs().sum(-1, keepdim=True) + 1e-6)
+
+
+WRONG["attention_weights"] = [
+    (
+        lambda q, k, scale: torch.softmax(solutions.score_tile(q, k, scale), -1),
+        "one tile: softpick of the scaled scores",
+    ),
+    (
+        lambda q, k, scale: solutions.softpick_rows(solutions.score_tile(q, k, 1.0)),
+        "one tile: softpick of the scaled scores",
+    ),
+    (padded_as_minus_inf, "ragged keys: N not a power of two"),
+    (unshifted_weights, "stable for large scores"),
+    (lambda q, k, scale: solutions.attention_weights(q, k, scale).double(), "shape and dtype"),
+]
+
 WRONG["flash_forward_state"] = [
     (tiled_gqa, "grouped-query heads"),
     (state_with(shift=lambda *args: torch.zeros_like(args[-1][1])), "out, c and den, one head"),
@@ -253,4 +283,8 @@ RIGHT = {
     # the variant visits the causal blocks past the diagonal too: only slower
     "flash_forward": [solutions.flash_forward, flash_forward_with()],
     "flash_forward_state": [solutions.flash_forward_state],
+    "attention_weights": [
+        solutions.attention_weights,
+        lambda q, k, scale: solutions.softpick_rows(solutions.score_tile(q, k, scale)),
+    ],
 }

@@ -24,6 +24,7 @@ EXERCISES = {
     "online_softpick_attention": "03_online_softpick",
     "softpick_rows": "04_triton_primer",
     "score_tile": "04_triton_primer",
+    "attention_weights": "04_triton_primer",
     "flash_forward": "05_flash_forward",
     "flash_forward_state": "05_flash_forward",
     "softpick_score_grad": "06_flash_backward",

@@ -173,3 +173,59 @@ score_tile = Exercise(
         ),
     ],
 )
+
+
+def weights_reference(q, k, scale):
+    return reference_softpick((q @ k.T) * scale)
+
+
+WEIGHTS_TOLERANCE = tolerances.kernel(interpreting(), raw_scores=True)
+
+attention_weights = Exercise(
+    name="attention_weights",
+    contract="fn(q, k, scale) -> softpick((q @ k.T) * scale) along the keys, float32, q [M, D] and k [N, D] with "
+    "any strides, N <= 256: one kernel, scores never written to memory",
+    reference=weights_reference,
+    seed=15,
+    tolerance=WEIGHTS_TOLERANCE,
+    properties=[
+        Property(
+            "shape and dtype",
+            "q, k = randn(16, 16), randn(16, 16)",
+            tile_case(16, 16, 16, 0.25),
+            "return a new float32 [M, N] tensor",
+            layout=True,
+        ),
+        Property(
+            "one tile: softpick of the scaled scores",
+            "M = N = D = 16, scale = 0.5",
+            tile_case(16, 16, 16, 0.5),
+            "s = tl.dot(q, k_t) * scale as in score_tile, then softpick_rows's shift, p, den and ratio along axis 1",
+        ),
+        Property(
+            "every block of rows",
+            "M = 40, N = 16, D = 16 (three programs)",
+            tile_case(40, 16, 16, 0.5),
+            "program i covers rows i * BLOCK_M + tl.arange(0, BLOCK_M); mask rows < M in the load and the store",
+        ),
+        Property(
+            "ragged keys: N not a power of two",
+            "M = 20, N = 21 (BLOCK_N = 32), D = 16",
+            tile_case(20, 21, 16, 0.5),
+            "load missing keys as zeros (other=0.0): their scores are exactly 0, and softpick gives a score of 0 "
+            "weight 0 and nothing in the denominator; a missing key loaded as -inf would add 1 each",
+        ),
+        Property(
+            "any strides, D not a power of two",
+            "q a slice with q.stride() = (29, 1), k a transpose with k.stride() = (1, 25); M, N, D = 19, 22, 24",
+            tile_case(19, 22, 24, 0.5, q_stride=29, k_stride=25),
+            "address with the strides passed in and mask dims < D with other=0.0",
+        ),
+        Property(
+            "stable for large scores",
+            "M = N = D = 16, scale = 40 (scores in the hundreds)",
+            tile_case(16, 16, 16, 40.0),
+            "shift each row by c = max(m, 0): exp(s - c) - exp(-c) never overflows",
+        ),
+    ],
+)
