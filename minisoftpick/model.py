@@ -2,19 +2,16 @@
 
 Pre-norm blocks x + Attention(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); rotary position embeddings
 (RoPE) on q and k; untied input embedding and output head; optional grouped-query attention
-(``n_kv_heads`` < ``n_heads``). ``attention`` picks how scores become weights:
-
-- any name in ``NORMALIZERS`` ("softmax", "softpick", "softmax1", or one added with
-  ``register_normalizer``), used as is;
-- "sink": softmax with a learnable logit s_h per head, exp(x_i) / (exp(s_h) + sum_j exp(x_j));
-- "scaled_softpick": q is multiplied by s_h * log(i + 2), i the query position and s_h a learned
-  per-head scalar (init 0.3), then softpick: scores grow with the context length instead of
-  being spread thinner (the paper's fix for long contexts, after Scalable-Softmax).
+(``n_kv_heads`` < ``n_heads``). ``attention`` is a name in ``NORMALIZERS`` ("softmax", "softpick",
+"softmax1", "sink", "scaled_softpick", or one added with ``register_normalizer``); its
+``NormalizerSpec`` says everything a layer needs: the reference function, the scalars learned per
+head (the sink logit s_h; scaled softpick's query scale s_h, which multiplies query i by
+s_h * log(i + 2)) and which fused backend computes it.
 
 Backends (``backend="auto"`` picks): "naive" (``naive_attention``, materialises the weights; the
 only one that can capture them and the one for every normalizer without a fused kernel), "sdpa"
-(torch's fused softmax attention, softmax only) and "flash" (the Triton softpick kernel, softpick
-and scaled_softpick only; auto uses it on CUDA).
+(torch's fused softmax attention) and "flash" (the Triton softpick kernel; auto uses it on CUDA).
+A fused backend computes the normalizers whose spec names it.
 
     model = Transformer(ModelConfig(vocab_size=84, attention="softpick"))
     logits = model(idx)                                  # idx [B, T] -> [B, T, vocab]
@@ -24,6 +21,7 @@ and scaled_softpick only; auto uses it on CUDA).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -32,17 +30,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import naive_attention, repeat_kv
-from .normalizers import NORMALIZERS, get_normalizer, sink_softmax
+from .normalizers import (
+    NORMALIZERS,
+    QUERY_SCALE,
+    SCALED_SOFTPICK_INIT,  # noqa: F401  (kept importable from here)
+    NormalizerSpec,
+    log_position_scale,
+)
 
-PARAMETRIC_ATTENTIONS = ("sink", "scaled_softpick")
-KERNEL_ATTENTIONS = ("softpick", "scaled_softpick")  # what the Triton kernel (backend "flash") computes
 BACKENDS = ("auto", "naive", "sdpa", "flash")
-SCALED_SOFTPICK_INIT = 0.3
 
 
 def attention_names() -> list[str]:
-    """Every value ``ModelConfig.attention`` accepts."""
-    return sorted(NORMALIZERS) + list(PARAMETRIC_ATTENTIONS)
+    """Every value ``ModelConfig.attention`` accepts: the registered normalizers."""
+    return sorted(NORMALIZERS)
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """Views of the registry kept under their old names: the normalizers that learn something per head
+    (PARAMETRIC_ATTENTIONS) and those the Triton kernel computes (KERNEL_ATTENTIONS)."""
+    if name == "PARAMETRIC_ATTENTIONS":
+        return tuple(n for n, spec in sorted(NORMALIZERS.items()) if spec.learned_per_head)
+    if name == "KERNEL_ATTENTIONS":
+        return tuple(n for n, spec in sorted(NORMALIZERS.items()) if spec.fused == "flash")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -117,43 +128,44 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
+    """Multi-head (or grouped-query) attention whose normalizer is ``NORMALIZERS[config.attention]``;
+    each scalar that normalizer learns per head is a parameter [n_heads] of this name."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         c = config
+        self.spec: NormalizerSpec = NORMALIZERS[c.attention]
         self.wq = nn.Linear(c.d_model, c.n_heads * c.head_dim, bias=False)
         self.wk = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=False)
         self.wv = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=False)
         self.wo = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
-        if c.attention == "sink":
-            self.sink = nn.Parameter(torch.zeros(c.n_heads))
-        if c.attention == "scaled_softpick":
-            self.query_scale = nn.Parameter(torch.full((c.n_heads,), SCALED_SOFTPICK_INIT))
+        inits = dict(self.spec.head_parameters)
+        if self.spec.query_scale_init is not None:
+            inits[QUERY_SCALE] = self.spec.query_scale_init
+        for name, init in inits.items():
+            self.register_parameter(name, nn.Parameter(torch.full((c.n_heads,), float(init))))
 
     def normalizer(self):
-        """The ``fn(scores, mask)`` naive_attention uses for this layer."""
-        if self.config.attention == "sink":
-            return lambda scores, mask: sink_softmax(scores, self.sink[:, None, None], mask=mask)
-        if self.config.attention == "scaled_softpick":
-            return get_normalizer("softpick")
-        return get_normalizer(self.config.attention)
+        """The ``fn(scores, mask)`` naive_attention uses for this layer, head parameters bound."""
+        per_head = {name: getattr(self, name)[:, None, None] for name in self.spec.head_parameters}
+        return functools.partial(self.spec.fn, **per_head) if per_head else self.spec.fn
 
     def backend(self, requested: str, capture: bool, device: torch.device) -> str:
-        attention = self.config.attention
+        fused = self.spec.fused
         if requested == "auto":
-            if capture:
+            if capture or fused is None or (fused == "flash" and device.type != "cuda"):
                 return "naive"
-            if attention == "softmax":
-                return "sdpa"
-            return "flash" if device.type == "cuda" and attention in KERNEL_ATTENTIONS else "naive"
+            return fused
         if capture and requested != "naive":
             raise ValueError(
                 f"capture=True needs the weights, which only backend='naive' forms, got {requested!r}"
             )
-        if requested == "sdpa" and attention != "softmax":
-            raise ValueError(f"backend 'sdpa' computes softmax attention only, not {attention!r}")
-        if requested == "flash" and attention not in KERNEL_ATTENTIONS:
-            raise ValueError(f"backend 'flash' computes softpick attention only, not {attention!r}")
+        if requested != "naive" and requested != fused:
+            computes = [name for name, spec in sorted(NORMALIZERS.items()) if spec.fused == requested]
+            raise ValueError(
+                f"backend {requested!r} computes only {', '.join(computes)} attention, not {self.config.attention!r}"
+            )
         return requested
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, backend: str, capture: bool):
@@ -163,9 +175,8 @@ class Attention(nn.Module):
         k = self.wk(x).view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if c.attention == "scaled_softpick":
-            position_scale = torch.log(torch.arange(t, device=x.device, dtype=torch.float32) + 2)
-            q = q * (self.query_scale[:, None, None] * position_scale[:, None]).to(q.dtype)
+        if self.spec.query_scale_init is not None:  # e.g. scaled_softpick: q_i * s_h * log(i + 2)
+            q = q * log_position_scale(self.query_scale, t).to(q.dtype)
         weights = None
         backend = self.backend(backend, capture, x.device)
         if backend == "naive" and capture:
@@ -242,6 +253,12 @@ class Transformer(nn.Module):
             raise TypeError(f"idx must be a LongTensor [batch, seq], got {got}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if idx.numel():  # an id out of range would be an obscure IndexError here, a device assert on CUDA
+            low, high = (int(t) for t in torch.aminmax(idx))
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"idx must hold token ids in [0, {self.config.vocab_size}), got {low}..{high}"
+                )
         cos, sin = rope_angles(idx.shape[1], self.config.head_dim, self.config.rope_base, idx.device)
         x = self.embed(idx)
         recorded = Capture(attn=[], hidden=[])

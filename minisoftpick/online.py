@@ -5,24 +5,27 @@ denominator and an unnormalised output (docs/design.md, "Online recurrence"):
 
     c_new = max(c, rowmax(S_blk))                  c starts at 0, so c = max(m, 0) throughout
     r     = exp(c - c_new)
-    P~    = exp(S_blk - c_new) - exp(-c_new)         masked entries set to 0
+    P~    = exp(S_blk - c_new) - exp(-c_new)
     den   = den * r + rowsum(|P~|)
     O     = O * r + relu(P~) @ V_blk
     out   = O / (den + eps * exp(-c))
 
 Starting c at 0 (not -inf, not the first block's max) is what keeps a first block of scores far
 below zero from overflowing exp(-c): the paper's shift by m alone gives inf - inf = NaN there.
+Hidden (causally masked) scores are set to 0 before the exponential, as the kernel does: a score
+of 0 gets exactly zero weight and gradient (exp(0 - c) - exp(-c) = 0) and never moves c >= 0, and a
+huge hidden score never reaches exp.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .attention import causal_mask, check_attention_inputs, repeat_kv
+from .attention import causal_mask, check_attention_inputs, compute_dtype, repeat_kv
+from .normalizers import DEFAULT_EPS, divide_or_zero
 
 
 class OnlineState(NamedTuple):
@@ -40,24 +43,22 @@ def online_softpick_attention(
     *,
     causal: bool = True,
     scale: float | None = None,
+    eps: float = DEFAULT_EPS,
     block_size: int = 64,
-    eps: float = 1e-6,
     return_state: bool = False,
 ) -> Tensor | OnlineState:
     """Softpick attention computed one key block at a time; equals ``naive_attention``.
 
-    Never forms the [Tq, Tk] matrix, only [Tq, block_size] tiles. With ``return_state`` returns
-    an ``OnlineState`` with the per-row shift and denominator as well as the output.
+    Never forms the [Tq, Tk] matrix, only [Tq, block_size] tiles. A row that sees no key gives 0,
+    for any eps >= 0 (with Tk = 0 the output is a constant: there is nothing to differentiate). With ``return_state`` returns an ``OnlineState`` with the per-row shift and
+    denominator as well as the output.
     """
-    check_attention_inputs(q, k, v)
-    if not isinstance(block_size, int) or block_size < 1:
+    scale, groups, eps = check_attention_inputs(q, k, v, causal=causal, scale=scale, eps=eps)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     b, hq, tq, d = q.shape
     tk = k.shape[2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    groups = hq // k.shape[1]
+    compute = compute_dtype(q.dtype)
     qf = q.to(compute) * scale
     kf = repeat_kv(k, groups).to(compute)
     vf = repeat_kv(v, groups).to(compute)
@@ -69,16 +70,16 @@ def online_softpick_attention(
     for start in range(0, tk, block_size):
         stop = min(start + block_size, tk)
         scores = qf @ kf[:, :, start:stop].transpose(-1, -2)
-        keep = visible[:, start:stop] if causal else torch.ones_like(scores, dtype=torch.bool)
-        block_max = scores.masked_fill(~keep, float("-inf")).amax(-1, keepdim=True)
-        new_shift = torch.maximum(shift, block_max)
+        if causal:
+            scores = scores.masked_fill(~visible[:, start:stop], 0.0)
+        new_shift = torch.maximum(shift, scores.amax(-1, keepdim=True))
         rescale = torch.exp(shift - new_shift)
-        p = (torch.exp(scores - new_shift) - torch.exp(-new_shift)).masked_fill(~keep, 0.0)
+        p = torch.exp(scores - new_shift) - torch.exp(-new_shift)
         denominator = denominator * rescale + p.abs().sum(-1, keepdim=True)
         acc = acc * rescale + torch.relu(p) @ vf[:, :, start:stop]
         shift = new_shift
     denominator = denominator + eps * torch.exp(-shift)
-    out = (acc / denominator).to(q.dtype)
+    out = divide_or_zero(acc, denominator).to(q.dtype)  # den = 0 only where no key is seen and eps = 0
     if return_state:
         return OnlineState(out, shift.squeeze(-1), denominator.squeeze(-1))
     return out

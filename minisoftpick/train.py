@@ -3,6 +3,7 @@
     python -m minisoftpick.train --preset cpu --attention softpick          # a few minutes on a laptop
     python -m minisoftpick.train --preset gpu --attention softmax --max-minutes 8
     torchrun --nproc_per_node 2 -m minisoftpick.train --preset gpu          # data parallel (DDP)
+    torchrun --nproc_per_node 2 -m minisoftpick.train --preset gpu --parallel fsdp   # sharded (FSDP2)
     python -m minisoftpick.train --preset cpu --out runs/x --resume         # continue runs/x exactly
 
 A preset is a ``TrainConfig``; every field is also a flag (``--max-steps 300``, ``--tokenizer bpe``)
@@ -14,6 +15,12 @@ bf16 autocast on a GPU. Every ``eval_interval`` steps the loss on held-out data 
 The global batch of step s is drawn from a generator seeded with (seed, s) alone, so a resumed run
 sees the same batches as an uninterrupted one, and N data-parallel processes (each taking 1/N of
 that batch, gradients averaged by DDP) compute the same update as one process.
+
+With several processes ``--parallel ddp`` (the default) replicates the model (DistributedDataParallel);
+``--parallel fsdp`` shards parameters, gradients and optimizer state over the processes (FSDP2:
+``fully_shard`` on every block, then on the whole model; bf16 compute with fp32 gradient reduction on
+a GPU). Either way the checkpoint holds the full, unsharded state gathered on rank 0, so a run resumes
+on any number of processes, and a finished run resumed is a no-op that says so.
 
 ``--task passkey`` trains on the synthetic passkey-retrieval task of ``minisoftpick.synthetic``
 instead of Shakespeare.
@@ -37,7 +44,6 @@ import itertools
 import json
 import math
 import os
-import pickle
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,14 +56,24 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm.auto import tqdm
 
+from .cli import python_command, usage_errors
 from .data import DATA_DIR, TOKENIZERS, evenly_spaced_batches, load_tokens, random_batch, read_meta
+from .files import atomic_path, write_text
 from .model import ModelConfig, Transformer, attention_names
 from .settings import progress_disabled
 
 TASKS = ("shakespeare", "passkey")
 DEVICES = ("auto", "cpu", "cuda")
+PARALLEL = ("ddp", "fsdp")
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 PASSKEY_VAL_SEED = 0  # training batches use seeds >= 2**32, so they never repeat a validation batch
@@ -90,6 +106,7 @@ class TrainConfig:
     checkpoint_interval: int = 200
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
+    parallel: str = "ddp"  # with several processes (torchrun): "ddp" replicates, "fsdp" shards (FSDP2)
     out: str = ""  # "": runs/<preset>-<attention>-s<seed>
     resume: bool = False
 
@@ -158,8 +175,38 @@ def preset(name: str, **overrides) -> TrainConfig:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
+_FIELD_TYPES = {  # TrainConfig's annotations -> the Python types each accepts
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
+}
+_COUNTS = (  # fields that must be >= 1
+    "n_layers",
+    "n_heads",
+    "d_model",
+    "max_steps",
+    "batch_size",
+    "seq_len",
+    "eval_interval",
+    "eval_batches",
+    "log_interval",
+    "checkpoint_interval",
+)
+MAX_SEED = 2**31 - 1  # step_generator seeds with (seed + 1) * 2**32 + step, which must fit in 64 bits
+
+
 def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
-    """Raise ValueError naming the field when ``cfg`` cannot be trained."""
+    """Raise TypeError (wrong type) or ValueError (bad value) naming the field when ``cfg`` cannot be
+    trained: every field is checked, and the model shape by ``ModelConfig`` itself."""
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    for f in dataclasses.fields(cfg):
+        value, accepted = getattr(cfg, f.name), _FIELD_TYPES[f.type]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            raise TypeError(f"{f.name} must be {f.type}, got {value!r}")
     if cfg.task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {cfg.task!r}")
     if cfg.tokenizer not in TOKENIZERS:
@@ -168,17 +215,30 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(f"attention must be one of {attention_names()}, got {cfg.attention!r}")
     if cfg.device not in DEVICES or (cfg.device == "cuda" and not torch.cuda.is_available()):
         raise ValueError(f"device must be one of {DEVICES} (cuda only with a GPU), got {cfg.device!r}")
-    for name in (
-        "max_steps",
-        "batch_size",
-        "seq_len",
-        "eval_interval",
-        "eval_batches",
-        "log_interval",
-        "checkpoint_interval",
-    ):
+    if cfg.parallel not in PARALLEL:
+        raise ValueError(f"parallel must be one of {PARALLEL}, got {cfg.parallel!r}")
+    for name in _COUNTS:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.n_kv_heads is not None and cfg.n_kv_heads < 1:
+        raise ValueError(f"n_kv_heads must be None or >= 1, got {cfg.n_kv_heads}")
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ValueError(f"seed must be in [0, {MAX_SEED}], got {cfg.seed}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {cfg.lr}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {cfg.weight_decay}")
+    if not cfg.grad_clip > 0:  # also refuses NaN; inf means no clipping
+        raise ValueError(
+            f"grad_clip must be > 0 (the largest gradient norm; inf: no clipping), got {cfg.grad_clip}"
+        )
+    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
+        raise ValueError(f"max_minutes must be None or > 0, got {cfg.max_minutes}")
+    if not cfg.data_dir:
+        raise ValueError("data_dir must name a folder, got ''")
+    model_config(cfg, vocab_size=1)  # ModelConfig names the field when heads and widths do not fit
     if cfg.batch_size % world_size != 0:
         raise ValueError(
             f"batch_size ({cfg.batch_size}) must be a multiple of the number of processes ({world_size})"
@@ -286,18 +346,44 @@ def evaluate(
     return total / scored
 
 
+CHECKPOINT_KEYS = ("model_config", "train_config", "model", "step", "elapsed")  # save_weights keeps these
+RESUME_KEYS = ("optimizer", "rng")  # what only a run's own checkpoint.pt has
+
+
+def _train_one() -> str:
+    return f"train one with `{python_command('minisoftpick.train', '--out', 'DIR')}`"
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """The dict ``train`` saves (a run folder or its checkpoint.pt), loaded on the CPU."""
+    """The dict ``train`` saves (a run folder or its checkpoint.pt), loaded on the CPU.
+
+    Anything else (an empty or truncated file, a bare state_dict, a tensor, a token file) is a
+    ValueError naming the file and what to do instead.
+    """
     path = Path(path)
     path = path / CHECKPOINT if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {path}: train one with `python -m minisoftpick.train --out DIR`"
-        )
+        raise FileNotFoundError(f"no checkpoint at {path}: {_train_one()}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty, not a checkpoint: {_train_one()}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as error:
-        raise ValueError(f"{path} is not a checkpoint written by minisoftpick.train ({error})") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many kinds for a damaged or foreign file
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"{path} is not a checkpoint written by minisoftpick.train (torch.load: {first_line}): {_train_one()}"
+        ) from None
+    if isinstance(state, dict) and all(key in state for key in CHECKPOINT_KEYS):
+        return state
+    if isinstance(state, dict) and state and all(isinstance(v, Tensor) for v in state.values()):
+        what = "a bare state_dict (weights without the model config): load it with Transformer(config)"
+        raise ValueError(f"{path} holds {what}.load_state_dict(...), or {_train_one()}")
+    what = (
+        f"a dict without {[k for k in CHECKPOINT_KEYS if k not in state]}"
+        if isinstance(state, dict)
+        else (f"a {type(state).__name__}")
+    )
+    raise ValueError(f"{path} holds {what}, not a checkpoint written by minisoftpick.train: {_train_one()}")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
@@ -316,18 +402,29 @@ def save_weights(path: str | Path, out: str | Path, dtype: torch.dtype = torch.b
     state = read_checkpoint(path)
     weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state["model"].items()}
     compact = {key: state[key] for key in ("model_config", "train_config", "step", "elapsed")}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**compact, "model": weights}, out)
-    return out
+    with atomic_path(out) as tmp:
+        torch.save({**compact, "model": weights}, tmp)
+    return Path(out)
 
 
-def _save_checkpoint(path: Path, model: Transformer, optimizer, cfg: TrainConfig, step: int, elapsed: float):
+# The full (unsharded) state, gathered on rank 0 and kept on the CPU; parameters named by their
+# path in the model (also in the optimizer state), so any number of processes can load it.
+_FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _save_checkpoint(
+    path: Path, model: Transformer, optimizer, cfg: TrainConfig, step: int, elapsed: float, main: bool
+):
+    """Gather the full state (a collective: every process calls this) and write it atomically on rank 0."""
+    weights = get_model_state_dict(model, options=_FULL_STATE)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=_FULL_STATE)
+    if not main:
+        return
     state = {
         "model_config": asdict(model.config),
         "train_config": asdict(cfg),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": weights,
+        "optimizer": optimizer_state,
         "step": step,
         "elapsed": elapsed,
         "rng": {
@@ -335,9 +432,44 @@ def _save_checkpoint(path: Path, model: Transformer, optimizer, cfg: TrainConfig
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(out: Path, model: Transformer, optimizer) -> tuple[int, float]:
+    """Load ``out``'s checkpoint into the (possibly sharded) model and optimizer; (step, elapsed)."""
+    state = read_checkpoint(out)
+    if not all(key in state for key in RESUME_KEYS):
+        raise ValueError(
+            f"--resume: {out} holds a weights-only copy (no optimizer or RNG state); resume needs the "
+            f"{CHECKPOINT} a run writes, or start a new run without --resume"
+        )
+    if state["model_config"] != asdict(model.config):
+        raise ValueError(
+            f"--resume: the model in {out} is {state['model_config']}, not {asdict(model.config)}"
+        )
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, state["model"], options=full)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full)
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"], state["elapsed"]
+
+
+def _keep_log_until(path: Path, step: int) -> None:
+    """Keep the log's records up to ``step`` (the checkpoint's): the resumed run writes the later
+    ones again, and a line cut short by a crash is dropped. Rewritten atomically."""
+    kept = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record["step"] > step:
+            break
+        kept.append(line + "\n")
+    write_text(path, "".join(kept))
 
 
 def _optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -355,10 +487,12 @@ class _Processes:
     rank: int
     world_size: int
     device: torch.device
+    joined: bool = False  # this call started the process group (and so ends it)
 
 
 def _start_processes(device: str) -> _Processes:
-    """This process's rank and device; joins the process group when torchrun started several."""
+    """This process's rank and device; joins the process group when torchrun started several
+    (or uses the one the caller already started, e.g. to train several runs in one launch)."""
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -366,11 +500,12 @@ def _start_processes(device: str) -> _Processes:
     if cuda:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl")
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    return _Processes(dist.get_rank(), world_size, device)
+    joined = not dist.is_initialized()
+    if joined:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return _Processes(dist.get_rank(), world_size, device, joined)
 
 
 def train(cfg: TrainConfig) -> Transformer:
@@ -380,8 +515,32 @@ def train(cfg: TrainConfig) -> Transformer:
     try:
         return _train(cfg, procs)
     finally:
-        if procs.world_size > 1:
+        if procs.joined:
             dist.destroy_process_group()
+
+
+def _distribute(model: Transformer, cfg: TrainConfig, procs: _Processes) -> torch.nn.Module:
+    """The module to train: ``model`` itself for one process, DDP around it, or ``model`` sharded in
+    place by FSDP2 (every block, then the root; bf16 parameters and fp32 reductions on a GPU)."""
+    if procs.world_size == 1:
+        return model
+    if cfg.parallel == "ddp":
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None
+        )
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(procs.device.type, (procs.world_size,))
+    cuda = procs.device.type == "cuda"
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if cuda
+        else MixedPrecisionPolicy()
+    )
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    return fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
 def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
@@ -391,31 +550,26 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
     vocab_size, sample, val_data = load_task(cfg)
     torch.manual_seed(cfg.seed)
     model = Transformer(model_config(cfg, vocab_size)).to(device)
-    optimizer = _optimizer(model, cfg, device)
-    step, elapsed = 0, 0.0
-    if cfg.resume:
-        state = read_checkpoint(out)
-        if state["model_config"] != asdict(model.config):
-            raise ValueError(
-                f"--resume: the model in {out} is {state['model_config']}, not {asdict(model.config)}"
+    n_params = model.num_params()
+    ddp_model = _distribute(model, cfg, procs)
+    optimizer = _optimizer(model, cfg, device)  # after sharding: FSDP2 replaces the parameters
+    step, elapsed = _resume(out, model, optimizer) if cfg.resume else (0, 0.0)
+    if step >= cfg.max_steps:
+        if main:
+            print(
+                f"{out} already finished at step {step} (max_steps {cfg.max_steps}): nothing to do; "
+                "give a larger --max-steps to train further"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed = state["step"], state["elapsed"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    ddp_model = model
-    if procs.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        return model
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            _keep_log_until(out / LOG, step)
         log = open(out / LOG, "a" if cfg.resume else "w")
         print(
-            f"{cfg.preset} preset, {cfg.attention} attention, {model.num_params():,} parameters, "
-            f"{procs.world_size} process(es) on {device.type}, writing {out}"
+            f"{cfg.preset} preset, {cfg.attention} attention, {n_params:,} parameters, "
+            f"{procs.world_size} process(es) ({cfg.parallel if procs.world_size > 1 else 'single'}) "
+            f"on {device.type}, writing {out}"
         )
     local = cfg.batch_size // procs.world_size
     rows = slice(procs.rank * local, (procs.rank + 1) * local)
@@ -463,7 +617,7 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
                 "tokens": step * cfg.batch_size * cfg.seq_len,
                 "elapsed": round(elapsed, 3),
             }
-            if main and (step % cfg.eval_interval == 0 or last):
+            if step % cfg.eval_interval == 0 or last:  # every process: FSDP gathers weights to run
                 record["val_loss"] = evaluate(
                     model,
                     val_data,
@@ -476,8 +630,8 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{record['loss']:.3f}", val_loss=f"{val_loss:.3f}" if val_loss else "-")
-        if main and (step % cfg.checkpoint_interval == 0 or last):
-            _save_checkpoint(out / CHECKPOINT, model, optimizer, cfg, step, elapsed)
+        if step % cfg.checkpoint_interval == 0 or last:
+            _save_checkpoint(out / CHECKPOINT, model, optimizer, cfg, step, elapsed, main)
         if out_of_time:
             break
     bar.close()
@@ -496,13 +650,20 @@ def _agree(flag: bool, procs: _Processes) -> bool:
     return bool(decision.item())
 
 
+PROG = "python -m minisoftpick.train"
 _FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
-_CHOICES = {"task": TASKS, "tokenizer": TOKENIZERS, "attention": attention_names(), "device": DEVICES}
+_CHOICES = {
+    "task": TASKS,
+    "tokenizer": TOKENIZERS,
+    "attention": attention_names(),
+    "device": DEVICES,
+    "parallel": PARALLEL,
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """A ``TrainConfig``: ``--preset`` (default "cpu"), then any field given as a flag replaces it."""
-    parser = argparse.ArgumentParser(prog="python -m minisoftpick.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "preset":
@@ -524,7 +685,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     return preset(name, **{k: v for k, v in args.items() if v is not None})
 
 
+@usage_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command line: bad flags, configs, data or checkpoints end as one line and exit code 2."""
     train(parse_args(argv))
 
 

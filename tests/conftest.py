@@ -1,4 +1,4 @@
-"""Shared test set-up: learner mode, seeded generators, and ``assert_rejected`` for the exercise checks."""
+"""Shared test set-up: learner mode, seeded generators, a tiny corpus, and ``assert_rejected`` for the checks."""
 
 import pytest
 import torch
@@ -33,3 +33,15 @@ def assert_rejected(capsys):
         return message
 
     return rejected
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A stand-in corpus prepared like the real one (the trainer's tests never need `make data`)."""
+    from minisoftpick import data
+
+    line = "What light through yonder window breaks? It is the east, and Juliet is the sun.\n"
+    works = {name: f"{name.upper()}\n\n" + line * 12 for name in [*data.VAL_WORKS, "hamlet", "lear"]}
+    out = tmp_path_factory.mktemp("tiny_data")
+    data.write_dataset(works, out)
+    return out

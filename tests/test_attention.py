@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import minisoftpick as msp
+from minisoftpick.normalizers import DEFAULT_EPS
 
 
 def rowwise_softpick_attention(q, k, v, causal=True, scale=None):
@@ -23,7 +24,7 @@ def rowwise_softpick_attention(q, k, v, causal=True, scale=None):
                     continue
                 s = (k[bi, kh, : last + 1].double() @ q[bi, h, i].double()) * scale
                 e = torch.expm1(s)
-                w = torch.relu(e) / (e.abs().sum() + 1e-6)
+                w = torch.relu(e) / (e.abs().sum() + DEFAULT_EPS)
                 out[bi, h, i] = w @ v[bi, kh, : last + 1].double()
     return out
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import minisoftpick as msp
+import minisoftpick.kernels  # noqa: F401  (sets TRITON_INTERPRET=1 without a GPU, before triton is imported)
 from minisoftpick import solutions
 
 triton = pytest.importorskip("triton")

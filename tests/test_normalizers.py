@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minisoftpick as msp
+from minisoftpick.normalizers import DEFAULT_EPS
 
 
-def softpick_formula(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
+def softpick_formula(x: torch.Tensor, dim: int = -1, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """The paper's definition, unshifted, in float64: only valid where exp(x) does not overflow."""
     e = torch.expm1(x.double())
     return torch.relu(e) / (e.abs().sum(dim, keepdim=True) + eps)
@@ -21,7 +22,7 @@ rows = st.lists(st.floats(-30, 30, allow_nan=False, width=64), min_size=1, max_s
 
 # The stable form's numerator exp(x - c) - exp(-c) cancels: it is off by up to an ulp of 1
 # (2.2e-16 in float64), so when every |x| is far below eps a weight is off by up to 2.2e-16 / eps.
-CANCELLATION = 4 * torch.finfo(torch.float64).eps / 1e-6
+CANCELLATION = 4 * torch.finfo(torch.float64).eps / DEFAULT_EPS
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
@@ -127,7 +128,7 @@ def test_jacobian_matches_design_formula():
     """dp_i/dx_j = (delta_ij 1[x_i > 0] e^{x_i} - p_i sign(x_j) e^{x_j}) / D (docs/design.md, "Jacobian")."""
     x = torch.tensor([1.2, -0.7, 0.3, 2.0, -1.5], dtype=torch.float64)
     p = msp.softpick(x)
-    d = torch.expm1(x).abs().sum() + 1e-6
+    d = torch.expm1(x).abs().sum() + DEFAULT_EPS
     expected = (torch.diag((x > 0) * x.exp()) - p[:, None] * (x.sign() * x.exp())[None, :]) / d
     torch.testing.assert_close(torch.autograd.functional.jacobian(msp.softpick, x), expected)
 

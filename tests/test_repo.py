@@ -71,7 +71,9 @@ def test_environment_yml_installs_the_lock_and_the_project():
 
 
 def test_lock_pins_every_dependency_exactly():
-    lock = [line for line in (ROOT / "requirements.lock").read_text().splitlines() if line and line[0] != "#"]
+    lock = [
+        line for line in (ROOT / "requirements.lock").read_text().splitlines() if line and line[0] not in "#-"
+    ]
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[^=\s;]+(; .+)?", line) for line in lock), lock
     pinned = {re.split(r"==", line)[0].lower().replace("_", "-") for line in lock}
     pyproject = (ROOT / "pyproject.toml").read_text()

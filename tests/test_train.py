@@ -1,10 +1,7 @@
-"""The trainer: schedule, flags, logs and checkpoints, exact resume, DDP equals one process, analysis."""
+"""The trainer: schedule, flags, logs and checkpoints, exact resume, analysis (several processes: test_parallel.py)."""
 
+import dataclasses
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -106,6 +103,36 @@ def test_presets_fit_their_purpose():
 def test_bad_config_is_rejected(overrides, world_size, message):
     with pytest.raises(ValueError, match=message):
         train.check_config(preset("smoke", **overrides), world_size)
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(TrainConfig)])
+def test_every_field_is_type_checked(field):
+    with pytest.raises(TypeError, match=f"^{field} must be"):
+        train.check_config(preset("smoke", **{field: object()}))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(grad_clip=-1.0), "grad_clip must be > 0"),
+        (dict(grad_clip=float("nan")), "grad_clip must be > 0"),
+        (dict(lr=float("inf")), "lr must be a finite number > 0"),
+        (dict(weight_decay=float("nan")), "weight_decay"),
+        (dict(seed=train.MAX_SEED + 1), "seed must be in"),
+        (dict(parallel="zero"), "parallel must be one of"),
+        (dict(max_minutes=-1.0), "max_minutes"),
+        (dict(n_heads=3), "d_model"),
+    ],
+)
+def test_out_of_range_values_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train.check_config(preset("smoke", **overrides))
+
+
+def test_bools_are_not_counts_and_inf_disables_clipping():
+    with pytest.raises(TypeError, match="max_steps must be int"):
+        train.check_config(preset("smoke", max_steps=True))
+    train.check_config(preset("smoke", grad_clip=float("inf"), max_minutes=0.5, lr=1))
 
 
 # ---- a smoke run -----------------------------------------------------------------------------------
@@ -224,57 +251,6 @@ def test_passkey_task_trains_on_scored_answers_only(tmp_path):
     assert model.config.vocab_size == synthetic.VOCAB_SIZE
     log = read_log(tmp_path)
     assert np.isfinite(log[-1]["val_loss"])
-
-
-# ---- data parallel ---------------------------------------------------------------------------------
-
-
-WORKER = """
-    import os, sys, torch
-    from minisoftpick.train import parse_args, train
-    model = train(parse_args(sys.argv[1:]))
-    out = sys.argv[sys.argv.index("--out") + 1]
-    torch.save(model.state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.pt"))
-"""
-
-
-def test_two_processes_end_with_the_weights_of_one(data_dir, tmp_path):
-    """torchrun, 2 CPU processes over gloo, each half of the global batch: both ranks hold the same
-    weights, and they equal a single process trained on the whole batch (up to float rounding)."""
-    script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(WORKER))
-    flags = ["--preset", "smoke", "--max-steps", "6", "--data-dir", data_dir, "--device", "cpu"]
-    env = {**os.environ, "MSP_FAST": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            *flags,
-            "--out",
-            str(tmp_path / "ddp"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "ddp" / "rank0.pt")
-    rank1 = torch.load(tmp_path / "ddp" / "rank1.pt")
-    single = train.train(parse_args([*flags, "--out", str(tmp_path / "single")])).state_dict()
-    torch.manual_seed(0)  # the trainer's initialisation
-    initial = Transformer(ModelConfig(**train.read_checkpoint(tmp_path / "single")["model_config"]))
-    for name, weight in single.items():
-        assert torch.equal(rank0[name], rank1[name]), name
-        torch.testing.assert_close(rank0[name], weight, rtol=1e-4, atol=1e-5, msg=name)
-    assert any(not torch.equal(initial.state_dict()[name], w) for name, w in single.items())  # it trained
-    ddp_log, single_log = read_log(tmp_path / "ddp"), read_log(tmp_path / "single")
-    assert [r["loss"] for r in ddp_log] == pytest.approx([r["loss"] for r in single_log], rel=1e-4)
 
 
 # ---- the analysis command ----------------------------------------------------------------------------
