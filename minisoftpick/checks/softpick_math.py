@@ -1,4 +1,4 @@
-"""Notebook 01's exercises: softpick (docs/design.md, "The math") and its Jacobian."""
+"""Notebook 01's exercises: softpick (docs/design.md, "Definition" and "Stable form"), its Jacobian and VJP."""
 
 from __future__ import annotations
 
