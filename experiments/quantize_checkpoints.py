@@ -1,15 +1,15 @@
 """Validation loss of trained LM checkpoints under every quantization setting of ``quant.SETTINGS``.
 
-    OMP_NUM_THREADS=1 python experiments/quantize_checkpoints.py results/gpu_runs/lm-*.pt \
-        --out results/quantization
+    python experiments/quantize_checkpoints.py runs/study/study-softmax-s0 ... --out results/study/quantization
+    python experiments/quantize_checkpoints.py --out results/study/quantization     # table of what is there
 
-Every model is scored on the same held-out windows (``train.evaluate``: ``--batches`` batches of
-``--batch-size`` windows of ``--seq-len`` characters, spread evenly over the validation plays), once
-per setting, through ``quant.evaluate_settings``. Writes ``<out>/quantization.json`` (the rows and how
-they were made), ``<out>/quantization.png`` and prints a markdown table of the losses.
-(``OMP_NUM_THREADS=1``: on this project's 2-core CPU shared with other jobs, one thread ran an evaluation
-several times and an HQQ quantization over 20 times faster than two threads, which waited on each other
-at every small elementwise op.)
+Every model is scored on every non-overlapping window of the validation plays (``quant.window_losses``:
+windows of the model's ``seq_len``, BOS first when it was trained with one, float32), once per setting,
+through ``quant.evaluate_settings``. Per checkpoint it writes ``<out>/<run>.json`` (each setting's loss,
+its increase over the baseline and the bootstrap standard error of that increase over windows, paired:
+the same windows before and after) and ``<out>/<run>.npz`` (the per-window losses, one array per
+setting, for any further bootstrap), ``<run>`` being the run folder's name. Then (and with no
+checkpoint given) it prints a markdown table of every ``<out>/*.json``.
 """
 
 import argparse
@@ -20,126 +20,106 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from minisoftpick.cli import usage_errors  # noqa: E402
-from minisoftpick.data import load_tokens  # noqa: E402
-from minisoftpick.files import atomic_path, write_text  # noqa: E402
-from minisoftpick.quant import SETTINGS, evaluate_settings  # noqa: E402
-from minisoftpick.train import evaluate, load_checkpoint  # noqa: E402
+from minisoftpick.cli import usage_errors
+from minisoftpick.data import load_tokens
+from minisoftpick.files import atomic_path, write_text
+from minisoftpick.quant import SETTINGS, bootstrap_se, evaluate_settings, window_losses
+from minisoftpick.train import load_checkpoint, read_checkpoint
 
 
-def cpu_name() -> str:
-    """The CPU's model name from lscpu (Linux), else what ``platform`` knows."""
+def machine_name() -> str:
+    """The GPU's name when there is one, else the CPU's model name from lscpu (Linux) or ``platform``."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     try:
         lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
         name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         name = platform.processor() or platform.machine()
-    return name
+    return f"{name}, CPU only, torch {torch.__version__}"
 
 
-def markdown_table(report: dict) -> str:
-    """Setting per row, one loss column per model (and its increase over that model's baseline)."""
-    names = list(report["models"])
-    lines = [
-        "| setting | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    baseline = {name: report["models"][name]["rows"][0]["loss"] for name in names}
-    for i, setting in enumerate(report["settings"]):
+def run_name(path: Path) -> str:
+    """A run folder's name (``runs/study/study-softmax-s0`` or its checkpoint.pt), else the file's stem."""
+    return path.name if path.is_dir() else (path.parent.name if path.name == "checkpoint.pt" else path.stem)
+
+
+def quantize_run(path: Path, out: Path, batch_size: int, max_tokens: int | None = None) -> dict:
+    """Sweep ``SETTINGS`` on one checkpoint; write ``<out>/<run>.json`` and ``.npz``; return the report."""
+    state = read_checkpoint(path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_checkpoint(path, device)
+    val_tokens = load_tokens("val", state["train_config"].get("tokenizer", "char"))[:max_tokens]
+    started = time.perf_counter()
+    rows = evaluate_settings(model, lambda m: window_losses(m, val_tokens, batch_size=batch_size))
+    base = rows[0]["window_losses"]
+    for row in rows:
+        increase = row["window_losses"] - base
+        row["increase"] = increase.double().mean().item()
+        row["increase_se"] = bootstrap_se(increase) if row is not rows[0] else 0.0
+    name = run_name(path)
+    report = {
+        "command": "python experiments/quantize_checkpoints.py " + " ".join(sys.argv[1:]),
+        "machine": machine_name(),
+        "date": time.strftime("%Y-%m-%d"),
+        "checkpoint": str(path),
+        "attention": model.config.attention,
+        "seed": state["train_config"]["seed"],
+        "preset": state["train_config"]["preset"],
+        "step": state["step"],
+        "windows": len(base),
+        "tokens_per_setting": len(base) * model.config.seq_len,
+        "seq_len": model.config.seq_len,
+        "bos_id": model.config.bos_id,
+        "settings": SETTINGS,
+        "rows": [{k: v for k, v in row.items() if k != "window_losses"} for row in rows],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    with atomic_path(out / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{row["setting"]: row["window_losses"].numpy() for row in rows})
+    write_text(out / f"{name}.json", json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def markdown_table(reports: dict[str, dict]) -> str:
+    """Setting per row, per run its loss increase over its baseline +- its bootstrap standard error."""
+    names = list(reports)
+    lines = ["| setting | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, setting in enumerate(next(iter(reports.values()))["settings"]):
         cells = []
         for name in names:
-            loss = report["models"][name]["rows"][i]["loss"]
-            cells.append(f"{loss:.4f}" if i == 0 else f"{loss:.4f} ({loss - baseline[name]:+.4f})")
+            row = reports[name]["rows"][i]
+            cells.append(
+                f"{row['loss']:.4f}" if i == 0 else f"{row['increase']:+.4f} ± {row['increase_se']:.4f}"
+            )
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def plot(report: dict, path: Path) -> None:
-    """Left: loss vs weight bits, RTN solid and HQQ dashed. Right: loss increase of the W*A8 rows."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = list(report["models"])
-    colors = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    for name in names:
-        loss = {row["setting"]: row["loss"] for row in report["models"][name]["rows"]}
-        for method, style in (("RTN", "-"), ("HQQ", "--")):
-            bits = [16, 8, 4, 3, 2]
-            losses = [loss["baseline"]] + [loss[f"W{b}A16 {method}"] for b in bits[1:]]
-            left.plot(bits, losses, style, marker="o", color=colors[name], label=f"{name} {method}")
-        activation_rows = [s for s in loss if "A8" in s]
-        offsets = [names.index(name) * 0.8 / len(names) + i for i in range(len(activation_rows))]
-        right.bar(
-            offsets,
-            [loss[s] - loss["baseline"] for s in activation_rows],
-            width=0.8 / len(names),
-            color=colors[name],
-            label=name,
-        )
-    left.set(
-        xlabel="weight bits (16 = baseline: bf16 weights)",
-        ylabel="validation loss (nats/char, log scale)",
-        yscale="log",
-        xscale="log",
-        title="weight-only quantization (group 64)",
-    )
-    left.set_xticks([2, 3, 4, 8, 16], ["2", "3", "4", "8", "16"])
-    left.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-    left.invert_xaxis()
-    left.legend(fontsize=7, ncol=2)
-    labels = [s.replace(" HQQ ", "\n") for s in activation_rows]
-    right.set_xticks([i + 0.4 - 0.4 / len(names) for i in range(len(activation_rows))], labels)
-    right.axhline(0, color="black", linewidth=0.8)
-    right.set(ylabel="loss increase over baseline (nats/char)", title="int8 activations (HQQ weights)")
-    right.legend(fontsize=8)
-    fig.suptitle(f"{report['tokens']:,} validation characters per setting, {report['machine']}")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
 
 
 @usage_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="LM checkpoints (train.load_checkpoint)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("checkpoints", nargs="*", type=Path, help="run folders or checkpoint files")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
+    parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N (default all)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    val_tokens = load_tokens("val", "char")
-
-    def val_loss(model) -> float:
-        return evaluate(
-            model, val_tokens, batch_size=args.batch_size, seq_len=args.seq_len, max_batches=args.batches
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    for path in args.checkpoints:
+        report = quantize_run(path, args.out, args.batch_size, args.max_tokens)
+        print(
+            f"{run_name(path)}: {report['tokens_per_setting']:,} tokens per setting, {report['wall_seconds']} s"
         )
-
-    report = {
-        "command": "python experiments/quantize_checkpoints.py " + " ".join(sys.argv[1:]),
-        "machine": f"{cpu_name()}, {platform.system()} {platform.machine()}, CPU only",
-        "date": time.strftime("%Y-%m-%d"),
-        "tokens": args.batch_size * args.seq_len * args.batches,
-        "eval": {"batch_size": args.batch_size, "seq_len": args.seq_len, "batches": args.batches},
-        "settings": SETTINGS,
-        "models": {},
-    }
-    started = time.perf_counter()
-    for path in tqdm(args.checkpoints, desc="checkpoints"):
-        model = load_checkpoint(path)
-        rows = evaluate_settings(model, val_loss)
-        report["models"][model.config.attention] = {"checkpoint": str(path), "rows": rows}
-    report["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_text(args.out / "quantization.json", json.dumps(report, indent=1))
-    plot(report, args.out / "quantization.png")
-    print(markdown_table(report))
-    print(
-        f"\n{report['tokens']:,} tokens per setting, {report['wall_seconds'] / 60:.1f} min on {report['machine']}"
-    )
+    reports = {p.stem: json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))}
+    if not reports:
+        parser.error(f"no checkpoint given and no quantization results in {args.out}")
+    print(markdown_table(reports))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ passkey samples, for a passkey run), captures every layer's attention weights an
 and writes to ``--out``:
 
 - analysis.json: sink rate, attention sparsity, kurtosis and max |activation|, overall and per
-  layer, with each head's attention to the first token and fraction of zero weights;
+  layer, with each head's attention to the first token and fraction of zero weights; also
+  ``sink_rate_short`` and each head's ``first_token_attention_short``: the same over the first
+  ``SHORT_QUERIES`` (64) query positions only, which, attention being causal, is what Gu et al.
+  measure on sequences of 64 tokens;
 - attention_maps.png (one sample, every layer and head), sink_rate.png (per layer, and each
   head's attention to the first token), activations.png (histograms of the hidden states, log scale).
 """
@@ -39,18 +42,22 @@ from .train import (
     step_generator,
 )
 
+SHORT_QUERIES = 64  # Gu et al. (ICLR 2025) measure sinks on sequences of 64 tokens
+
 
 def run_config(state: dict) -> TrainConfig:
     """The ``TrainConfig`` of a checkpoint's run; a ``data_dir`` missing here (the run was trained on
-    another machine) becomes this checkout's ``DATA_DIR`` (``load_tokens`` checks the files' sha256s)."""
-    cfg = TrainConfig(**state["train_config"])
+    another machine) becomes this checkout's ``DATA_DIR`` (``load_tokens`` checks the files' sha256s).
+    A run saved before windows started with BOS has no ``bos`` field: it was trained without one."""
+    cfg = TrainConfig(**{"bos": False, **state["train_config"]})
     if not Path(cfg.data_dir).is_dir():
         cfg = dataclasses.replace(cfg, data_dir=str(DATA_DIR))
     return cfg
 
 
-def analysis_batch(cfg: TrainConfig, split: str, batch_size: int) -> Batch:
-    """``batch_size`` windows of ``cfg.seq_len`` tokens spread evenly over ``split`` (passkey: samples)."""
+def analysis_batch(cfg: TrainConfig, split: str, batch_size: int, bos: int | None = None) -> Batch:
+    """``batch_size`` windows of ``cfg.seq_len`` tokens spread evenly over ``split`` (passkey: samples),
+    each starting with ``bos`` when given (the model's ``config.bos_id``: read text as it was trained)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -63,7 +70,7 @@ def analysis_batch(cfg: TrainConfig, split: str, batch_size: int) -> Batch:
         )
         return synthetic.passkey_batch(batch_size, cfg.seq_len, generator=generator)
     tokens = load_tokens(split, cfg.tokenizer, cfg.data_dir)
-    return next(evenly_spaced_batches(tokens, batch_size, cfg.seq_len, 1))
+    return next(evenly_spaced_batches(tokens, batch_size, cfg.seq_len, 1, bos))
 
 
 @torch.no_grad()
@@ -88,6 +95,7 @@ def analyze(
             "kurtosis": metrics.kurtosis(h),
             "max_abs": metrics.max_abs(h),
             "first_token_attention": metrics.first_token_attention(w).tolist(),
+            "first_token_attention_short": metrics.first_token_attention(_short(w)).tolist(),
             "zero_fraction": metrics.zero_fraction(w, tol).tolist(),
         }
         for i, (w, h) in enumerate(zip(capture.attn, capture.hidden, strict=True))
@@ -96,6 +104,8 @@ def analyze(
         "attention": model.config.attention,
         "loss": lm_loss(logits, y.to(device)).item() if y is not None else None,
         "sink_rate": metrics.sink_rate(capture.attn, threshold),
+        "sink_rate_short": metrics.sink_rate([_short(w) for w in capture.attn], threshold),
+        "short_queries": min(SHORT_QUERIES, x.shape[1]),
         "attention_sparsity": metrics.attention_sparsity(capture.attn, tol),
         "kurtosis_mean": sum(layer["kurtosis"] for layer in layers) / len(layers),
         "max_abs": max(layer["max_abs"] for layer in layers),
@@ -104,6 +114,11 @@ def analyze(
         "layers": layers,
     }
     return report, capture
+
+
+def _short(w: Tensor) -> Tensor:
+    """The weights of the first ``SHORT_QUERIES`` queries (causal: they see only the first keys)."""
+    return w[:, :, :SHORT_QUERIES, :SHORT_QUERIES]
 
 
 def plot_attention_maps(capture: Capture, sample: int = 0, max_tokens: int = 64) -> Figure:
@@ -181,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     state = read_checkpoint(args.checkpoint)
     cfg = run_config(state)
     model = load_checkpoint(args.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
-    x, y = analysis_batch(cfg, args.split, args.batch_size)
+    x, y = analysis_batch(cfg, args.split, args.batch_size, model.config.bos_id)
     report, capture = analyze(model, x, y, threshold=args.threshold, tol=args.tol)
     report.update(checkpoint=str(args.checkpoint), step=state["step"], split=args.split, batch=list(x.shape))
     run_folder = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
@@ -196,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         with atomic_path(out / name) as tmp:
             figure.savefig(tmp, dpi=120)
     print(
-        f"{report['attention']}: loss {report['loss']:.4f}, sink rate {report['sink_rate']:.3f}, "
+        f"{report['attention']}: loss {report['loss']:.4f}, sink rate {report['sink_rate']:.3f} "
+        f"(first {report['short_queries']} queries: {report['sink_rate_short']:.3f}), "
         f"attention sparsity {report['attention_sparsity']:.3f}, "
         f"mean kurtosis {report['kurtosis_mean']:.2f}, "
         f"max |activation| {report['max_abs']:.2f}; wrote {out}"

@@ -12,6 +12,10 @@ Two tokenizers, both saved as HF ``tokenizers`` JSON files so one loader serves 
 - ``bpe``: a byte-level BPE with ``BPE_VOCAB_SIZE`` tokens trained on the train split only
   (deterministic: training twice gives the same file).
 
+Both end with one special token, ``BOS_TOKEN`` ("<bos>"), appended after the text's tokens (so its
+id is the last one and every text token keeps its id); meta.json records it as ``bos_id``. The
+token files hold text only: the batch functions below put BOS in front of each window.
+
 ``prepare`` writes under ``data/shakespeare/``: ``<tokenizer>/train.bin`` and ``val.bin`` (uint16
 token ids), ``<tokenizer>/tokenizer.json`` and, last, ``meta.json`` (sizes, token counts, vocab sizes,
 source and file sha256s; the Makefile's stamp). Every file is written atomically
@@ -48,6 +52,7 @@ VAL_WORKS = ("macbeth", "twelfth_night", "henry_v", "tempest")
 WORK_SEPARATOR = "\n\n\n"
 TOKENIZERS = ("char", "bpe")
 BPE_VOCAB_SIZE = 2048  # small enough that the embedding does not dominate a 1-10M parameter model
+BOS_TOKEN = "<bos>"
 SPLITS = ("train", "val")
 FILES = ("tokenizer.json", *(f"{split}.bin" for split in SPLITS))  # per tokenizer
 
@@ -120,6 +125,7 @@ def char_tokenizer(text: str) -> Tokenizer:
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
     tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens([BOS_TOKEN])
     return tokenizer
 
 
@@ -132,6 +138,7 @@ def bpe_tokenizer(text: str, vocab_size: int = BPE_VOCAB_SIZE) -> Tokenizer:
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tokenizer.train_from_iterator([text], trainer=trainer)
+    tokenizer.add_special_tokens([BOS_TOKEN])  # after training: the merges and their ids do not move
     return tokenizer
 
 
@@ -154,7 +161,12 @@ def write_dataset(works: dict[str, str], out_dir: Path = DATA_DIR, source: dict 
         )
         folder = out_dir / name
         folder.mkdir(parents=True, exist_ok=True)
-        entry = {"vocab_size": tokenizer.get_vocab_size(), "tokens": {}, "files": {}}
+        entry = {
+            "vocab_size": tokenizer.get_vocab_size(),
+            "bos_id": tokenizer.token_to_id(BOS_TOKEN),
+            "tokens": {},
+            "files": {},
+        }
         files = {"tokenizer.json": tokenizer.to_str().encode()}
         for split in SPLITS:
             ids = np.array(tokenizer.encode(texts[split]).ids, dtype=np.uint16)
@@ -216,6 +228,19 @@ def read_meta(data_dir: Path = DATA_DIR) -> dict:
     return meta
 
 
+def bos_id(tokenizer: str = "char", data_dir: Path = DATA_DIR) -> int:
+    """The id of ``BOS_TOKEN`` in ``tokenizer``'s vocabulary, as meta.json records it."""
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+    entry = read_meta(data_dir)["tokenizers"][tokenizer]
+    if "bos_id" not in entry:
+        raise ValueError(
+            f"{Path(data_dir) / 'meta.json'} was written before the tokenizers had a BOS token; "
+            "run `python -m minisoftpick.data prepare` again"
+        )
+    return entry["bos_id"]
+
+
 def _checked_file(data_dir: Path, tokenizer: str, filename: str) -> Path:
     """The path of ``<tokenizer>/<filename>`` after checking it against meta.json's size and sha256."""
     if tokenizer not in TOKENIZERS:
@@ -249,32 +274,59 @@ def load_tokenizer(tokenizer: str = "char", data_dir: Path = DATA_DIR) -> Tokeni
     return Tokenizer.from_file(str(_checked_file(data_dir, tokenizer, "tokenizer.json")))
 
 
-def _windows(tokens: np.ndarray, starts: Sequence[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts])
-    rows = torch.from_numpy(rows)
+def _windows(
+    tokens: np.ndarray, starts: Sequence[int], seq_len: int, bos: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    text = np.stack([np.asarray(tokens[s : s + _span(seq_len, bos)], dtype=np.int64) for s in starts])
+    rows = torch.from_numpy(text)
+    if bos is not None:
+        rows = torch.cat((torch.full((len(rows), 1), bos, dtype=torch.long), rows), dim=1)
     return rows[:, :-1], rows[:, 1:]
 
 
-def _check_window(tokens: np.ndarray, seq_len: int) -> None:
-    if seq_len < 1 or len(tokens) < seq_len + 1:
-        raise ValueError(f"seq_len must be in [1, {len(tokens) - 1}] for {len(tokens)} tokens, got {seq_len}")
+def _span(seq_len: int, bos: int | None) -> int:
+    """How many text tokens a window reads: its inputs and the last target, less the BOS in front."""
+    return seq_len + (bos is None)
+
+
+def _check_window(tokens: np.ndarray, seq_len: int, bos: int | None) -> None:
+    if seq_len < 1 or len(tokens) < _span(seq_len, bos):
+        raise ValueError(
+            f"seq_len must be in [1, {len(tokens) - (bos is None)}] for {len(tokens)} tokens, got {seq_len}"
+        )
+    if bos is not None and (isinstance(bos, bool) or not isinstance(bos, int) or bos < 0):
+        raise ValueError(f"bos must be None or a token id >= 0, got {bos!r}")
 
 
 def random_batch(
-    tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator
+    tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator, bos: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_size`` random windows: inputs x and next-token targets y, LongTensors [batch_size, seq_len]."""
-    _check_window(tokens, seq_len)
-    starts = torch.randint(0, len(tokens) - seq_len, (batch_size,), generator=generator)
-    return _windows(tokens, starts.tolist(), seq_len)
+    """``batch_size`` random windows: inputs x and next-token targets y, LongTensors [batch_size, seq_len].
+
+    With ``bos`` (a token id, ``bos_id()``) every window starts with it: x = [bos, t_s .. t_{s+T-2}],
+    y = [t_s .. t_{s+T-1}], so the first text token is predicted from BOS alone. Windows start at a
+    random offset and BOS is prefixed, rather than windows being aligned to the starts of works or
+    scenes: aligned windows would draw from a few thousand starting points and show the model the same
+    openings again and again, while prefixed ones keep every offset of the corpus, and BOS plays the
+    part it has in pretraining (a fixed first token the model cannot predict anything from), which is
+    what lets softmax heads form a sink on it (Barbero et al. 2025).
+    """
+    _check_window(tokens, seq_len, bos)
+    starts = torch.randint(0, len(tokens) - _span(seq_len, bos) + 1, (batch_size,), generator=generator)
+    return _windows(tokens, starts.tolist(), seq_len, bos)
 
 
-def evenly_spaced_batches(tokens: np.ndarray, batch_size: int, seq_len: int, num_batches: int):
-    """Yield ``num_batches`` (x, y) batches of windows spread evenly over ``tokens`` (the same each time)."""
-    _check_window(tokens, seq_len)
-    starts = np.linspace(0, len(tokens) - seq_len - 1, batch_size * num_batches).astype(np.int64)
+def evenly_spaced_batches(
+    tokens: np.ndarray, batch_size: int, seq_len: int, num_batches: int, bos: int | None = None
+):
+    """Yield ``num_batches`` (x, y) batches of windows spread evenly over ``tokens`` (the same each time).
+
+    ``bos`` as in ``random_batch``: held-out text is read the way the model was trained.
+    """
+    _check_window(tokens, seq_len, bos)
+    starts = np.linspace(0, len(tokens) - _span(seq_len, bos), batch_size * num_batches).astype(np.int64)
     for i in range(num_batches):
-        yield _windows(tokens, starts[i * batch_size : (i + 1) * batch_size], seq_len)
+        yield _windows(tokens, starts[i * batch_size : (i + 1) * batch_size], seq_len, bos)
 
 
 @usage_errors("python -m minisoftpick.data")

@@ -68,6 +68,7 @@ class ModelConfig:
     attention: str = "softpick"
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    bos_id: int | None = None  # the token every training window started with (None: no BOS, e.g. passkey)
 
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "n_layers", "n_heads", "d_model"):
@@ -86,6 +87,14 @@ class ModelConfig:
             self.ffn_hidden = 64 * math.ceil(8 * self.d_model / 3 / 64)
         if self.attention not in attention_names():
             raise ValueError(f"attention must be one of {attention_names()}, got {self.attention!r}")
+        if self.bos_id is not None and (
+            isinstance(self.bos_id, bool)
+            or not isinstance(self.bos_id, int)
+            or not 0 <= self.bos_id < self.vocab_size
+        ):
+            raise ValueError(
+                f"bos_id must be None or a token id in [0, {self.vocab_size}), got {self.bos_id!r}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -277,11 +286,22 @@ class Transformer(nn.Module):
 def generate(
     model: Transformer, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, generator=None
 ) -> Tensor:
-    """Append ``max_new_tokens`` sampled tokens to idx [B, T], seeing at most ``seq_len`` tokens back."""
+    """Append ``max_new_tokens`` sampled tokens to idx [B, T], seeing at most ``seq_len`` tokens back.
+
+    idx holds text tokens only. A model trained with BOS (``config.bos_id``) sees what it saw in
+    training: BOS, then the last ``seq_len - 1`` tokens; BOS is not part of the returned ids.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    bos = model.config.bos_id
+    if bos is not None and bool((idx == bos).any()):
+        raise ValueError(f"idx must hold text tokens only: generate puts BOS (id {bos}) in front itself")
+    context = model.config.seq_len - (bos is not None)
     for _ in range(max_new_tokens):
-        logits = model(idx[:, -model.config.seq_len :])[:, -1].float()
+        window = idx[:, -context:]
+        if bos is not None:
+            window = torch.cat((torch.full_like(window[:, :1], bos), window), dim=1)
+        logits = model(window)[:, -1].float()
         probs = torch.softmax(logits / temperature, dim=-1)
         idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
     return idx

@@ -23,6 +23,11 @@ token or per tensor, with the scale taken from the current batch:
 
 A massive activation (one huge feature) inflates s for its whole token (or tensor), and every
 other feature of that token is rounded to zero: that is why softmax models suffer here.
+
+Uncertainty: ``window_losses`` scores a model on every non-overlapping window of a split, and
+``bootstrap_se`` gives the standard error of a mean over windows (resampling windows with
+replacement). Applied to per-window *differences* (quantized minus baseline, or one model's increase
+minus another's on the same windows) it is a paired bootstrap, which cancels what the windows share.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from tqdm.auto import tqdm
 from .settings import progress_disabled
 
 GRANULARITIES = ("per_token", "per_tensor")
+BOOTSTRAP_SAMPLES = 2000
 
 
 def _check_bits(bits: object, name: str = "bits") -> None:
@@ -268,6 +274,11 @@ SETTINGS: dict[str, dict] = {
         for method in ("rtn", "hqq")
     },
     **{
+        f"W16A{bits} {granularity.replace('_', '-')}": {"act_bits": bits, "act_granularity": granularity}
+        for bits in (8, 4)
+        for granularity in GRANULARITIES
+    },
+    **{
         f"W{bits}A8 HQQ {granularity.replace('_', '-')}": {
             "weight_bits": bits,
             "method": "hqq",
@@ -279,8 +290,9 @@ SETTINGS: dict[str, dict] = {
     },
 }
 """Named ``quantize_model`` settings for a quantization table: the model as given ("baseline", in
-its own dtype), weight-only W8/W4/W3/W2 with RTN and HQQ, and W8A8 / W4A8 (HQQ weights, int8
-inputs to every quantized linear, per tensor and per token)."""
+its own dtype), weight-only W8/W4/W3/W2 with RTN and HQQ, activation-only W16A8 / W16A4 (int8 or
+int4 inputs to every quantized linear, weights as they are: where massive activations hurt most),
+and W8A8 / W4A8 (HQQ weights, int8 inputs), per tensor and per token."""
 
 
 def evaluate_settings(
@@ -295,7 +307,9 @@ def evaluate_settings(
 
     ``settings`` maps a row name to ``quantize_model`` keyword arguments (default ``SETTINGS``);
     ``group_size`` and ``skip`` apply to every row. ``model`` itself is never changed. ppl is
-    exp(loss), the perplexity when ``val_loss`` returns the mean cross-entropy in nats.
+    exp(loss), the perplexity when ``val_loss`` returns the mean cross-entropy in nats. When
+    ``val_loss`` returns a 1-D tensor of per-window losses (``window_losses``), loss is their mean and
+    the row also holds them as "window_losses" (a float tensor), for ``bootstrap_se``.
     """
     rows = []
     for name, kwargs in tqdm(
@@ -303,6 +317,65 @@ def evaluate_settings(
         desc="quantization settings",
         disable=progress_disabled(),
     ):
-        loss = float(val_loss(quantize_model(model, group_size=group_size, skip=skip, **kwargs)))
+        losses = val_loss(quantize_model(model, group_size=group_size, skip=skip, **kwargs))
+        per_window = isinstance(losses, Tensor) and losses.dim() == 1
+        loss = losses.double().mean().item() if per_window else float(losses)
         rows.append({"setting": name, "loss": loss, "ppl": math.exp(loss)})
+        if per_window:
+            rows[-1]["window_losses"] = losses.float().cpu()
     return rows
+
+
+@torch.no_grad()
+def window_losses(model: nn.Module, tokens, *, seq_len: int | None = None, batch_size: int = 64) -> Tensor:
+    """Per-window mean cross-entropy [N] of ``model`` over every non-overlapping window of ``tokens``.
+
+    ``tokens`` is a 1-D array of token ids (``data.load_tokens("val")``); N is as many windows of
+    ``seq_len`` (default the model's) as fit, spread evenly over it, each starting with the model's
+    BOS when it was trained with one (``model.config.bos_id``). Computed in float32 without autocast,
+    so a quantization setting is the only thing that changes the numbers. Every window scores the
+    same number of tokens, so the mean of the result is the loss per token.
+    """
+    from .data import evenly_spaced_batches  # quant is usable on any nn.Module without the data layer
+    from .train import lm_loss
+
+    config = model.config
+    seq_len = seq_len or config.seq_len
+    windows = len(tokens) // (seq_len + (config.bos_id is None))
+    if windows < 1:
+        raise ValueError(
+            f"tokens must hold at least one window of seq_len={seq_len}, got {len(tokens)} tokens"
+        )
+    x_all, y_all = next(evenly_spaced_batches(tokens, windows, seq_len, 1, config.bos_id))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    losses = []
+    for x, y in zip(x_all.split(batch_size), y_all.split(batch_size), strict=True):
+        loss = lm_loss(model(x.to(device)), y.to(device), reduction="none").view(len(x), seq_len)
+        losses.append(loss.mean(dim=1).float().cpu())
+    model.train(was_training)
+    return torch.cat(losses)
+
+
+def bootstrap_se(values: Tensor, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> float:
+    """Standard error of ``values.mean()`` by the bootstrap: the std of the means of ``samples``
+    resamples (with replacement) of the entries of the 1-D tensor ``values``."""
+    if not isinstance(values, Tensor) or values.dim() != 1 or values.numel() < 2:
+        raise ValueError("values must be a 1-D tensor with at least 2 entries (one per window)")
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(values.numel(), (samples, values.numel()), generator=generator)
+    return values.double()[picks].mean(dim=1).std().item()
+
+
+VERDICT_Z = 2.0  # a difference counts when it exceeds this many standard errors (about 95%)
+
+
+def verdict(advantage: float, se: float, z: float = VERDICT_Z) -> str:
+    """ "softpick better", "softmax better" or "within noise": softpick's advantage (softmax's loss
+    increase minus softpick's) against ``z`` times its standard error ``se``."""
+    if not se >= 0:
+        raise ValueError(f"se must be >= 0, got {se}")
+    if abs(advantage) <= z * se:
+        return "within noise"
+    return "softpick better" if advantage > 0 else "softmax better"

@@ -23,10 +23,13 @@ a GPU). Either way the checkpoint holds the full, unsharded state gathered on ra
 on any number of processes, and a finished run resumed is a no-op that says so.
 
 ``--task passkey`` trains on the synthetic passkey-retrieval task of ``minisoftpick.synthetic``
-instead of Shakespeare.
+instead of Shakespeare. Shakespeare windows start with the tokenizer's BOS token (``--no-bos``: they do
+not; ``data.random_batch`` says why) and the model records its id (``ModelConfig.bos_id``), so evaluation,
+``generate`` and ``analyze`` read text the same way. ``--probe-interval N`` adds a "probe" to the log line
+of every N-th step: sinks and activations of the model at that step (``probe``).
 
-The CPU recipe, measured (``--preset cpu``: 874,624 parameters, char-level, 600 steps of 32 x 128
-tokens) on this project's idle 2-core CPU machine (AMD EPYC, torch 2.13, default threads) by notebook
+The CPU recipe, measured before windows started with BOS (``--preset cpu --no-bos`` reproduces it;
+874,624 parameters, char-level, 600 steps of 32 x 128 tokens) on this project's idle 2-core CPU machine (AMD EPYC, torch 2.13, default threads) by notebook
 07 with MSP_FAST=0, whose cells run ``train(preset("cpu", attention=...))``, the same call as the
 command line above; the val_loss column was reproduced to 4 decimals by a second pair of runs
 (OMP_NUM_THREADS=1, sharing the cores with other jobs, 10.7 and 12.5 min):
@@ -66,7 +69,7 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm.auto import tqdm
 
 from .cli import python_command, usage_errors
-from .data import DATA_DIR, TOKENIZERS, evenly_spaced_batches, load_tokens, random_batch, read_meta
+from .data import DATA_DIR, TOKENIZERS, bos_id, evenly_spaced_batches, load_tokens, random_batch, read_meta
 from .files import atomic_path, write_text
 from .model import ModelConfig, Transformer, attention_names
 from .settings import progress_disabled
@@ -77,6 +80,8 @@ PARALLEL = ("ddp", "fsdp")
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 PASSKEY_VAL_SEED = 0  # training batches use seeds >= 2**32, so they never repeat a validation batch
+STUDY_STEPS = 8000  # the study presets' cosine length; their --max-minutes may stop them first
+PROBE_WINDOWS = 8  # validation windows the probe of ``probe_interval`` measures
 Batch = tuple[Tensor, Tensor]
 
 
@@ -85,6 +90,7 @@ class TrainConfig:
     preset: str = "cpu"
     task: str = "shakespeare"  # or "passkey"
     tokenizer: str = "char"  # Shakespeare only: "char" or "bpe"
+    bos: bool = True  # Shakespeare only: every window starts with the tokenizer's BOS id (data.random_batch)
     data_dir: str = str(DATA_DIR)
     attention: str = "softpick"
     n_layers: int = 4
@@ -104,6 +110,7 @@ class TrainConfig:
     eval_batches: int = 20
     log_interval: int = 10
     checkpoint_interval: int = 200
+    probe_interval: int = 0  # > 0: log sinks and activations every that many steps (``probe``)
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
     parallel: str = "ddp"  # with several processes (torchrun): "ddp" replicates, "fsdp" shards (FSDP2)
@@ -146,6 +153,42 @@ PRESETS = {
         eval_interval=250,
         eval_batches=40,
         checkpoint_interval=500,
+    ),
+    # The GPU study of sinks and massive activations (experiments/study.sh, results/study/): the gpu
+    # preset trained longer, logging sinks and activations every probe_interval steps.
+    "study": TrainConfig(
+        preset="study",
+        n_layers=6,
+        n_heads=4,
+        d_model=256,
+        seq_len=512,
+        batch_size=32,
+        max_steps=STUDY_STEPS,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=100,
+        eval_interval=250,
+        eval_batches=40,
+        checkpoint_interval=500,
+        probe_interval=250,
+    ),
+    # The study's larger size: 8 layers x d_model 512 (25.7M parameters, head_dim 64), 5x the compute
+    # per step, so half the steps.
+    "study_large": TrainConfig(
+        preset="study_large",
+        n_layers=8,
+        n_heads=8,
+        d_model=512,
+        seq_len=512,
+        batch_size=32,
+        max_steps=STUDY_STEPS // 2,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=100,
+        eval_interval=250,
+        eval_batches=40,
+        checkpoint_interval=500,
+        probe_interval=250,
     ),
     # Passkey retrieval (minisoftpick.synthetic) at 256 tokens, for the long-context notebook; tested
     # on longer contexts. (1500 steps of 32 x 512 tokens left all three normalizers at chance.)
@@ -243,6 +286,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(
             f"batch_size ({cfg.batch_size}) must be a multiple of the number of processes ({world_size})"
         )
+    if cfg.probe_interval < 0:
+        raise ValueError(f"probe_interval must be >= 0 (0: no probe), got {cfg.probe_interval}")
     if not 0 <= cfg.min_lr <= cfg.lr:
         raise ValueError(f"min_lr must be in [0, lr={cfg.lr}], got {cfg.min_lr}")
 
@@ -264,8 +309,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed + 1) * 2**32 + step)
 
 
-def load_task(cfg: TrainConfig) -> tuple[int, Callable[[torch.Generator], Batch], np.ndarray | list[Batch]]:
-    """(vocab size, sample(generator) -> a global training batch, validation data for ``evaluate``)."""
+def load_task(
+    cfg: TrainConfig,
+) -> tuple[int, int | None, Callable[[torch.Generator], Batch], np.ndarray | list[Batch]]:
+    """(vocab size, BOS id or None, sample(generator) -> a global training batch, validation data for
+    ``evaluate``). The passkey task has no BOS: its sequences are whole samples of their own vocabulary."""
     if cfg.task == "passkey":
         from . import synthetic
 
@@ -273,17 +321,19 @@ def load_task(cfg: TrainConfig) -> tuple[int, Callable[[torch.Generator], Batch]
             return synthetic.passkey_batch(cfg.batch_size, cfg.seq_len, generator=generator)
 
         val_generator = torch.Generator().manual_seed(PASSKEY_VAL_SEED)
-        return synthetic.VOCAB_SIZE, sample, [sample(val_generator) for _ in range(cfg.eval_batches)]
+        return synthetic.VOCAB_SIZE, None, sample, [sample(val_generator) for _ in range(cfg.eval_batches)]
     train_tokens = load_tokens("train", cfg.tokenizer, cfg.data_dir)
     vocab_size = read_meta(cfg.data_dir)["tokenizers"][cfg.tokenizer]["vocab_size"]
+    bos = bos_id(cfg.tokenizer, cfg.data_dir) if cfg.bos else None
     return (
         vocab_size,
-        lambda generator: random_batch(train_tokens, cfg.batch_size, cfg.seq_len, generator),
+        bos,
+        lambda generator: random_batch(train_tokens, cfg.batch_size, cfg.seq_len, generator, bos),
         load_tokens("val", cfg.tokenizer, cfg.data_dir),
     )
 
 
-def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+def model_config(cfg: TrainConfig, vocab_size: int, bos: int | None = None) -> ModelConfig:
     return ModelConfig(
         vocab_size=vocab_size,
         seq_len=cfg.seq_len,
@@ -292,6 +342,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         n_kv_heads=cfg.n_kv_heads,
         d_model=cfg.d_model,
         attention=cfg.attention,
+        bos_id=bos,
     )
 
 
@@ -319,8 +370,9 @@ def evaluate(
 
     ``tokens_or_batches`` is a 1-D array of token ids (``load_tokens("val")``; read as
     ``max_batches`` batches of ``batch_size`` windows of ``seq_len`` tokens, default the model's
-    ``seq_len``, spread evenly over it, the same windows every time) or an iterable of (x, y)
-    batches (at most ``max_batches`` of them are used).
+    ``seq_len``, spread evenly over it, the same windows every time, each starting with the model's
+    BOS when it was trained with one: ``model.config.bos_id``) or an iterable of (x, y) batches (at
+    most ``max_batches`` of them are used).
     """
     if isinstance(tokens_or_batches, Tensor | np.ndarray):
         tokens = (
@@ -328,7 +380,9 @@ def evaluate(
         )
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be 1-D token ids, got shape {tokens.shape}")
-        batches = evenly_spaced_batches(tokens, batch_size, seq_len or model.config.seq_len, max_batches)
+        batches = evenly_spaced_batches(
+            tokens, batch_size, seq_len or model.config.seq_len, max_batches, model.config.bos_id
+        )
     else:
         batches = itertools.islice(tokens_or_batches, max_batches)
     device = next(model.parameters()).device
@@ -557,9 +611,9 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
     main = procs.rank == 0
     out = run_dir(cfg)
     device = procs.device
-    vocab_size, sample, val_data = load_task(cfg)
+    vocab_size, bos, sample, val_data = load_task(cfg)
     torch.manual_seed(cfg.seed)
-    model = Transformer(model_config(cfg, vocab_size)).to(device)
+    model = Transformer(model_config(cfg, vocab_size, bos)).to(device)
     n_params = model.num_params()
     ddp_model = _distribute(model, cfg, procs)
     optimizer = _optimizer(model, cfg, device)  # after sharding: FSDP2 replaces the parameters
@@ -612,7 +666,8 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
         elapsed = time.perf_counter() - started
         out_of_time = cfg.max_minutes is not None and _agree(elapsed > 60 * cfg.max_minutes, procs)
         last = step == cfg.max_steps or out_of_time
-        if step % cfg.log_interval == 0 or step % cfg.eval_interval == 0 or last:
+        probing = cfg.probe_interval > 0 and (step % cfg.probe_interval == 0 or last)
+        if step % cfg.log_interval == 0 or step % cfg.eval_interval == 0 or probing or last:
             mean_loss = torch.stack(losses).mean()
             losses = []
             if procs.world_size > 1:
@@ -637,6 +692,8 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
                     max_batches=cfg.eval_batches,
                 )
                 val_loss = record["val_loss"]
+            if main and probing:
+                record["probe"] = probe(model, cfg)
             if main:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -650,6 +707,18 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
         log.close()
         print(f"step {step}: val_loss {val_loss:.4f}, {elapsed / 60:.1f} min; checkpoint {out / CHECKPOINT}")
     return model
+
+
+def probe(model: Transformer, cfg: TrainConfig) -> dict:
+    """Sinks and activations now: ``analyze.analyze`` on ``PROBE_WINDOWS`` validation windows, per
+    layer without the per-head zero fractions (one log line stays small)."""
+    from .analyze import analysis_batch, analyze  # analyze imports this module
+
+    x, y = analysis_batch(cfg, "val", PROBE_WINDOWS, model.config.bos_id)
+    report, _ = analyze(model, x, y)
+    for layer in report["layers"]:
+        del layer["zero_fraction"]
+    return report
 
 
 def _agree(flag: bool, procs: _Processes) -> bool:

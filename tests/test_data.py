@@ -80,8 +80,31 @@ def test_tokens_decode_to_the_split_text(dataset, tokenizer):
 def test_char_vocabulary_is_the_sorted_character_set(dataset):
     out, meta = dataset
     text = "".join(data.split_works(fake_works()).values())
-    assert meta["tokenizers"]["char"]["vocab_size"] == len(set(text))
+    assert meta["tokenizers"]["char"]["vocab_size"] == len(set(text)) + 1  # and BOS, last
     assert data.load_tokenizer("char", out).encode("Who").ids == [sorted(set(text)).index(c) for c in "Who"]
+
+
+@pytest.mark.parametrize("tokenizer", data.TOKENIZERS)
+def test_tokenizers_know_bos_as_their_last_id(dataset, tokenizer):
+    out, meta = dataset
+    entry = meta["tokenizers"][tokenizer]
+    tok = data.load_tokenizer(tokenizer, out)
+    assert (
+        data.bos_id(tokenizer, out) == entry["bos_id"] == entry["vocab_size"] - 1 == tok.token_to_id("<bos>")
+    )
+    ids = tok.encode(data.BOS_TOKEN + "Who").ids
+    assert ids[0] == entry["bos_id"] and ids[1:] == tok.encode("Who").ids  # BOS is one token, never split
+    assert tok.decode(ids) == "Who"  # special: dropped when decoding text
+    assert tok.decode(ids, skip_special_tokens=False).startswith(data.BOS_TOKEN)
+    assert entry["bos_id"] not in data.load_tokens("train", tokenizer, out)  # the files hold text only
+
+
+def test_meta_from_before_bos_says_to_prepare_again(dataset, tmp_path):
+    out, meta = dataset
+    del meta["tokenizers"]["char"]["bos_id"]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="BOS token.*prepare"):
+        data.bos_id("char", tmp_path)
 
 
 def test_bpe_is_deterministic_and_merges_on_train_text_only():
@@ -182,6 +205,23 @@ def test_random_batch_targets_are_the_next_tokens():
         data.random_batch(tokens, 1, 100, torch.Generator())
 
 
+def test_every_window_starts_with_bos_and_predicts_the_text_after_it():
+    tokens = np.arange(100, dtype=np.uint16)
+    bos = 999
+    x, y = data.random_batch(tokens, 2000, 8, torch.Generator().manual_seed(0), bos)
+    assert x.shape == y.shape == (2000, 8)
+    assert (x[:, 0] == bos).all() and (y != bos).all()
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, 1:], y[:, :-1] + 1)  # text, in order
+    assert y.max() == 99 and y.min() == 0  # windows reach both ends of the tokens
+    (x_eval, y_eval), *_ = data.evenly_spaced_batches(tokens, 4, 8, 2, bos)
+    assert (x_eval[:, 0] == bos).all() and torch.equal(y_eval[:, :-1], x_eval[:, 1:])
+    last = list(data.evenly_spaced_batches(tokens, 4, 8, 2, bos))[-1][1][-1, -1]
+    assert last == 99
+    assert data.random_batch(tokens, 1, 100, torch.Generator(), bos)[1].shape == (1, 100)  # T text tokens
+    with pytest.raises(ValueError, match="bos"):
+        data.random_batch(tokens, 1, 8, torch.Generator(), -1)
+
+
 def test_evenly_spaced_batches_cover_the_tokens_the_same_way_each_time():
     tokens = np.arange(1000, dtype=np.uint16)
     batches = list(data.evenly_spaced_batches(tokens, 4, 16, 3))
@@ -198,6 +238,6 @@ def test_the_prepared_shakespeare_data():
     assert set(meta["val_works"]) == set(data.VAL_WORKS) and len(meta["train_works"]) == 38
     val_fraction = meta["bytes"]["val"] / (meta["bytes"]["train"] + meta["bytes"]["val"])
     assert 0.05 < val_fraction < 0.15
-    assert meta["tokenizers"]["bpe"]["vocab_size"] == data.BPE_VOCAB_SIZE
+    assert meta["tokenizers"]["bpe"]["vocab_size"] == data.BPE_VOCAB_SIZE + 1  # and BOS
     val = data.load_tokens("val", "char")
     assert "Macbeth" in data.load_tokenizer("char").decode(val[:400_000].tolist())

@@ -306,3 +306,29 @@ def test_generate_appends_tokens_reproducibly():
     assert ((out >= 0) & (out < VOCAB)).all()
     with pytest.raises(ValueError, match="temperature"):
         generate(model, prompt, 1, temperature=0)
+
+
+def test_generate_puts_bos_in_front_of_the_last_seq_len_minus_one_tokens(monkeypatch):
+    bos = VOCAB - 1
+    model = tiny(dtype=torch.float32, bos_id=bos)
+    prompt = tokens(b=2, t=20) % bos  # text only, longer than seq_len (16)
+    seen = []
+    forward = Transformer.forward
+
+    def recording(self, idx, **kwargs):
+        seen.append(idx.clone())
+        return forward(self, idx, **kwargs)
+
+    monkeypatch.setattr(Transformer, "forward", recording)
+    out = generate(model, prompt, 3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 23) and torch.equal(out[:, :20], prompt)
+    assert all(idx.shape == (2, 16) and (idx[:, 0] == bos).all() for idx in seen)
+    assert torch.equal(seen[0][:, 1:], prompt[:, -15:])
+    with pytest.raises(ValueError, match="text tokens only"):
+        generate(model, torch.full((1, 3), bos), 1)
+
+
+@pytest.mark.parametrize("bos_id", [-1, VOCAB, True, 1.0])
+def test_bos_id_must_be_a_token_of_the_vocabulary(bos_id):
+    with pytest.raises(ValueError, match="bos_id"):
+        ModelConfig(vocab_size=VOCAB, bos_id=bos_id)

@@ -4,6 +4,7 @@ import copy
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,12 +13,15 @@ from minisoftpick import checks, solutions
 from minisoftpick.checks import CheckFailed
 from minisoftpick.quant import (
     SETTINGS,
+    bootstrap_se,
     evaluate_settings,
     quantize_activations,
     quantize_hqq,
     quantize_model,
     quantize_rtn,
     quantized_linears,
+    verdict,
+    window_losses,
 )
 
 
@@ -442,3 +446,46 @@ def test_rtn_check_falls_back_to_the_solution_for_a_stub(capsys):
 
     assert checks.quantize_rtn(stub) is solutions.quantize_rtn
     assert "not implemented yet" in capsys.readouterr().out
+
+
+# ---- uncertainty ---------------------------------------------------------------------------------
+
+
+def test_window_losses_score_every_window_once_and_average_to_the_loss():
+    from minisoftpick.model import ModelConfig, Transformer
+    from minisoftpick.train import evaluate
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=20, seq_len=8, n_layers=1, d_model=64, n_heads=2, bos_id=19))
+    tokens = np.random.default_rng(0).integers(0, 19, 100).astype(np.uint16)
+    losses = window_losses(model, tokens, batch_size=3)
+    assert losses.shape == (100 // 8,)  # each window reads 8 text tokens, BOS in front
+    whole = evaluate(model, tokens, batch_size=12, max_batches=1)  # the same 12 windows in one batch
+    assert losses.double().mean().item() == pytest.approx(whole, rel=1e-5)
+    with pytest.raises(ValueError, match="at least one window"):
+        window_losses(model, tokens[:5])
+
+
+def test_bootstrap_se_is_the_standard_error_of_a_mean():
+    values = torch.randn(4000, generator=torch.Generator().manual_seed(0))
+    assert bootstrap_se(values) == pytest.approx(1 / 4000**0.5, rel=0.1)
+    assert bootstrap_se(torch.full((50,), 3.0)) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="1-D"):
+        bootstrap_se(torch.ones(1))
+
+
+def test_verdict_follows_the_uncertainty():
+    assert verdict(0.05, 0.01) == "softpick better"
+    assert verdict(-0.05, 0.01) == "softmax better"
+    assert verdict(0.015, 0.01) == "within noise"
+    with pytest.raises(ValueError, match="se"):
+        verdict(0.1, float("nan"))
+
+
+def test_evaluate_settings_keeps_per_window_losses():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False))
+    rows = evaluate_settings(
+        model, lambda m: m[0].weight.detach()[:, 0].abs(), {"baseline": {}, "W4": {"weight_bits": 4}}
+    )
+    assert rows[0]["window_losses"].shape == (64,)
+    assert rows[1]["loss"] == pytest.approx(rows[1]["window_losses"].double().mean().item())

@@ -86,6 +86,7 @@ def test_presets_fit_their_purpose():
         ).num_params()
     assert sizes["smoke"] < 100_000 < sizes["cpu"] < 2_000_000
     assert 4_000_000 <= sizes["gpu"] <= 50_000_000
+    assert sizes["gpu"] == sizes["study"] < sizes["study_large"] <= 50_000_000
 
 
 @pytest.mark.parametrize(
@@ -265,3 +266,60 @@ def test_analyze_command_writes_json_and_plots(smoke_run, tmp_path):
     assert 0 <= report["sink_rate"] <= 1 and 0 <= report["attention_sparsity"] <= 1
     for plot in ("attention_maps.png", "sink_rate.png", "activations.png"):
         assert (tmp_path / plot).stat().st_size > 1000
+
+
+# ---- BOS -----------------------------------------------------------------------------------------
+
+
+def test_every_training_window_starts_with_bos(data_dir, monkeypatch, tmp_path):
+    seen = []
+    forward = Transformer.forward
+
+    def recording(self, idx, **kwargs):
+        seen.append(idx.clone())
+        return forward(self, idx, **kwargs)
+
+    monkeypatch.setattr(Transformer, "forward", recording)
+    model = train.train(smoke(data_dir, tmp_path, max_steps=3, eval_interval=100))
+    bos = data.bos_id("char", data_dir)
+    assert model.config.bos_id == bos
+    assert len(seen) >= 3 and all((idx[:, 0] == bos).all() and (idx[:, 1:] != bos).all() for idx in seen)
+
+
+def test_evaluation_reads_windows_the_way_the_model_was_trained(smoke_run, data_dir):
+    _, model = smoke_run
+    val = data.load_tokens("val", "char", data_dir)
+    bos = model.config.bos_id
+    batches = list(data.evenly_spaced_batches(val, 4, model.config.seq_len, 2, bos))
+    assert all((x[:, 0] == bos).all() for x, _ in batches)
+    assert evaluate(model, val, batch_size=4, max_batches=2) == pytest.approx(
+        evaluate(model, batches, max_batches=2), rel=1e-6
+    )
+    x, _ = analyze.analysis_batch(analyze.run_config(train.read_checkpoint(smoke_run[0])), "val", 3, bos)
+    assert (x[:, 0] == bos).all()
+
+
+def test_a_run_without_bos_has_no_bos_anywhere(data_dir, tmp_path):
+    model = train.train(smoke(data_dir, tmp_path, max_steps=2, bos=False))
+    assert model.config.bos_id is None
+
+
+def test_a_checkpoint_from_before_bos_loads_and_is_read_without_bos(smoke_run, tmp_path):
+    state = train.read_checkpoint(smoke_run[0])
+    del state["model_config"]["bos_id"], state["train_config"]["bos"], state["train_config"]["probe_interval"]
+    torch.save(state, tmp_path / "old.pt")
+    model = load_checkpoint(tmp_path / "old.pt")
+    assert model.config.bos_id is None
+    assert analyze.run_config(train.read_checkpoint(tmp_path / "old.pt")).bos is False
+    torch.testing.assert_close(model.state_dict(), smoke_run[1].cpu().state_dict())
+
+
+def test_probes_log_sinks_and_activations_during_training(data_dir, tmp_path):
+    train.train(smoke(data_dir, tmp_path, max_steps=6, probe_interval=3))
+    probes = [r for r in read_log(tmp_path) if "probe" in r]
+    assert [r["step"] for r in probes] == [3, 6]
+    for record in probes:
+        probe = record["probe"]
+        assert 0 <= probe["sink_rate_short"] <= 1 and probe["kurtosis_mean"] > 0 and probe["max_abs"] > 0
+        assert len(probe["layers"]) == 2 and "zero_fraction" not in probe["layers"][0]
+        assert len(probe["layers"][0]["first_token_attention_short"]) == 2  # one per head
