@@ -19,9 +19,12 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
 
 
 def interpreting() -> bool:
-    """True when Triton kernels run through the interpreter (on the CPU): Triton's own switch."""
-    import triton
-
+    """True when Triton kernels run through the interpreter (on the CPU): Triton's own switch (or,
+    where triton is not installed, the environment variable it reads)."""
+    try:
+        import triton
+    except ImportError:
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
     return bool(triton.knobs.runtime.interpret)
 
 

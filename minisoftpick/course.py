@@ -12,8 +12,10 @@ import numpy as np
 import torch
 
 from . import kernels  # sets TRITON_INTERPRET=1 without a GPU, before any kernel is defined
-from .checks.core import solutions_mode
+from .checks.core import OUTCOMES, solutions_mode
 from .settings import fast_mode
+
+NOT_RUN = "not run"
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -64,3 +66,17 @@ def _show_check_failures_briefly() -> None:
         return [message]
 
     shell.set_custom_exc((CheckFailed,), one_line)
+
+
+def progress() -> dict[str, str]:
+    """Print every exercise of the course, notebook by notebook, and what became of it in this session:
+    passed, failed, fell back to the reference (the stub is unfinished), or not run. Returns the same."""
+    from .checks import EXERCISES
+
+    status = {name: OUTCOMES.get(name, NOT_RUN) for name in EXERCISES}
+    width = max(map(len, EXERCISES))
+    for name, notebook in EXERCISES.items():
+        print(f"{notebook:26s} {name:{width}s}  {status[name]}")
+    counts = {outcome: list(status.values()).count(outcome) for outcome in dict.fromkeys(status.values())}
+    print(", ".join(f"{n} {outcome}" for outcome, n in counts.items()))
+    return status

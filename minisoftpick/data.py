@@ -201,8 +201,9 @@ def _is_count(value) -> bool:
 
 
 def read_meta(data_dir: Path = DATA_DIR) -> dict:
-    """meta.json of ``data_dir``, after checking it is whole: a vocab size and each file's size and
-    sha256 for every tokenizer (a truncated or hand-edited file is an error naming the fix)."""
+    """meta.json of ``data_dir``, after checking it is whole: a vocab size, a BOS id and each file's
+    size and sha256 for every tokenizer (a truncated, hand-edited or pre-BOS file is an error naming
+    the fix, so ``make data`` prepares again)."""
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -225,6 +226,10 @@ def read_meta(data_dir: Path = DATA_DIR) -> dict:
                 f"{path} is incomplete (no vocab size, sizes and sha256s of {list(FILES)} for the "
                 f"{name!r} tokenizer); {how_to_fix(data_dir)}"
             )
+        if not _is_count(entry.get("bos_id")):
+            raise ValueError(
+                f"{path} was written before the tokenizers had a BOS token; prepare again: {how_to_fix(data_dir)}"
+            )
     return meta
 
 
@@ -232,13 +237,7 @@ def bos_id(tokenizer: str = "char", data_dir: Path = DATA_DIR) -> int:
     """The id of ``BOS_TOKEN`` in ``tokenizer``'s vocabulary, as meta.json records it."""
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
-    entry = read_meta(data_dir)["tokenizers"][tokenizer]
-    if "bos_id" not in entry:
-        raise ValueError(
-            f"{Path(data_dir) / 'meta.json'} was written before the tokenizers had a BOS token; "
-            "run `python -m minisoftpick.data prepare` again"
-        )
-    return entry["bos_id"]
+    return read_meta(data_dir)["tokenizers"][tokenizer]["bos_id"]
 
 
 def _checked_file(data_dir: Path, tokenizer: str, filename: str) -> Path:

@@ -262,7 +262,9 @@ class Transformer(nn.Module):
             raise TypeError(f"idx must be a LongTensor [batch, seq], got {got}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if idx.numel():  # an id out of range would be an obscure IndexError here, a device assert on CUDA
+        # An id out of range would be an obscure IndexError on the CPU. On a GPU the embedding's own
+        # device assert reports it, and reading the range back here would stall every training step.
+        if idx.numel() and idx.device.type == "cpu":
             low, high = (int(t) for t in torch.aminmax(idx))
             if low < 0 or high >= self.config.vocab_size:
                 raise ValueError(

@@ -303,8 +303,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(
             f"grad_clip must be > 0 (the largest gradient norm; inf: no clipping), got {cfg.grad_clip}"
         )
-    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
-        raise ValueError(f"max_minutes must be None or > 0, got {cfg.max_minutes}")
+    if cfg.max_minutes is not None and not cfg.max_minutes >= 0:  # 0: stop after the first step
+        raise ValueError(f"max_minutes must be None or >= 0, got {cfg.max_minutes}")
     if not cfg.data_dir:
         raise ValueError("data_dir must name a folder, got ''")
     model_config(cfg, vocab_size=1)  # ModelConfig names the field when heads and widths do not fit
@@ -458,13 +458,14 @@ def read_checkpoint(path: str | Path) -> dict:
     if isinstance(state, dict) and all(key in state for key in CHECKPOINT_KEYS):
         return state
     if isinstance(state, dict) and state and all(isinstance(v, Tensor) for v in state.values()):
-        what = "a bare state_dict (weights without the model config): load it with Transformer(config)"
-        raise ValueError(f"{path} holds {what}.load_state_dict(...), or {_train_one()}")
-    what = (
-        f"a dict without {[k for k in CHECKPOINT_KEYS if k not in state]}"
-        if isinstance(state, dict)
-        else (f"a {type(state).__name__}")
-    )
+        raise ValueError(
+            f"{path} holds a bare state_dict (weights without the model config): load it with "
+            f"Transformer(ModelConfig(...)).load_state_dict(...), or {_train_one()}"
+        )
+    if isinstance(state, dict):
+        what = f"a dict without {[key for key in CHECKPOINT_KEYS if key not in state]}"
+    else:
+        what = f"a {type(state).__name__}"
     raise ValueError(f"{path} holds {what}, not a checkpoint written by minisoftpick.train: {_train_one()}")
 
 
@@ -483,7 +484,7 @@ def save_weights(path: str | Path, out: str | Path, dtype: torch.dtype = torch.b
     """
     state = read_checkpoint(path)
     weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state["model"].items()}
-    compact = {key: state[key] for key in ("model_config", "train_config", "step", "elapsed")}
+    compact = {key: state[key] for key in CHECKPOINT_KEYS if key != "model"}
     with atomic_path(out) as tmp:
         torch.save({**compact, "model": weights}, tmp)
     return Path(out)
@@ -518,7 +519,7 @@ def _save_checkpoint(
         torch.save(state, tmp)
 
 
-def _resume(out: Path, model: Transformer, optimizer) -> tuple[int, float]:
+def _resume(out: Path, model: Transformer, optimizer, sharded: bool) -> tuple[int, float]:
     """Load ``out``'s checkpoint into the (possibly sharded) model and optimizer; (step, elapsed)."""
     state = read_checkpoint(out)
     if not all(key in state for key in RESUME_KEYS):
@@ -532,7 +533,16 @@ def _resume(out: Path, model: Transformer, optimizer) -> tuple[int, float]:
         )
     full = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, state["model"], options=full)
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full)
+    by_position = all(isinstance(key, int) for key in state["optimizer"]["state"])  # before --parallel
+    if by_position and sharded:
+        raise ValueError(
+            f"--resume: {out} was written by an older minisoftpick (optimizer state by position, not by "
+            "name): resume it once without --parallel fsdp, after which it is saved by name"
+        )
+    if by_position:
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=full)
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -635,7 +645,8 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
     n_params = model.num_params()
     ddp_model = _distribute(model, cfg, procs)
     optimizer = _optimizer(model, cfg, device)  # after sharding: FSDP2 replaces the parameters
-    step, elapsed = _resume(out, model, optimizer) if cfg.resume else (0, 0.0)
+    sharded = procs.world_size > 1 and cfg.parallel == "fsdp"
+    step, elapsed = _resume(out, model, optimizer, sharded) if cfg.resume else (0, 0.0)
     if step >= cfg.max_steps:
         if main:
             print(

@@ -1,42 +1,38 @@
-"""Every exercise check accepts the reference and rejects plausible wrong answers."""
+"""Every exercise check accepts right answers and rejects plausible wrong ones, each at the property that
+must catch it; the runner's guards (signature, unfinished stubs, solutions mode) and the registry."""
 
+import json
 import math
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import minisoftpick as msp
-from minisoftpick import solutions
-from minisoftpick.checks import CheckFailed
+from minisoftpick import checks, metrics, solutions, train
+from minisoftpick.checks import EXERCISES, CheckFailed
+from minisoftpick.checks.core import FELL_BACK, OUTCOMES, PASSED
 
-# ---- softpick: fn(x, dim=-1) ------------------------------------------------------------------
+try:
+    import wrong_kernels  # the Triton exercises' wrong kernels: needs Triton
+except ImportError:
+    wrong_kernels = None
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def softmax(x, dim=-1):
-    return torch.softmax(x, dim)
-
-
-def no_relu(x, dim=-1):
-    c = x.amax(dim, keepdim=True).clamp(min=0)
-    e = torch.exp(x - c) - torch.exp(-c)
-    return e / (e.abs().sum(dim, keepdim=True) + 1e-6 * torch.exp(-c))
+# ---- 01 softpick: fn(x, dim=-1) ------------------------------------------------------------------
 
 
-def no_abs(x, dim=-1):
-    c = x.amax(dim, keepdim=True).clamp(min=0)
-    e = torch.exp(x - c) - torch.exp(-c)
-    return torch.relu(e) / (e.sum(dim, keepdim=True) + 1e-6 * torch.exp(-c))
+def softpick_from(shift=lambda x, dim: x.amax(dim, keepdim=True).clamp(min=0), relu=True, absolute=True):
+    def softpick(x, dim=-1):
+        c = shift(x, dim)
+        e = torch.exp(x - c) - torch.exp(-c)
+        den = (e.abs() if absolute else e).sum(dim, keepdim=True) + 1e-6 * torch.exp(-c)
+        return (torch.relu(e) if relu else e) / den
 
-
-def unstable(x, dim=-1):
-    e = torch.exp(x) - 1
-    return torch.relu(e) / (e.abs().sum(dim, keepdim=True) + 1e-6)
-
-
-def shift_by_max_alone(x, dim=-1):  # the paper's code: exp(-m) overflows when m << 0
-    m = x.amax(dim, keepdim=True)
-    e = torch.exp(x - m) - torch.exp(-m)
-    return torch.relu(e) / (e.abs().sum(dim, keepdim=True) + 1e-6 * torch.exp(-m))
+    return softpick
 
 
 def assumes_shift_invariance(x, dim=-1):
@@ -44,51 +40,34 @@ def assumes_shift_invariance(x, dim=-1):
     return torch.relu(e) / (e.abs().sum(dim, keepdim=True) + 1e-6)
 
 
-def ignores_dim(x, dim=-1):
-    return msp.softpick(x, dim=-1)
+SOFTPICK_WRONG = [
+    (lambda x, dim=-1: torch.softmax(x, dim), "zero weight where x <= 0"),
+    (softpick_from(relu=False), "zero weight where x <= 0"),
+    (softpick_from(absolute=False), "negative scores count in the denominator"),
+    (assumes_shift_invariance, "negative scores count in the denominator"),
+    (lambda x, dim=-1: msp.softpick(x, dim=-1), "respects dim"),
+    (softpick_from(shift=lambda x, dim: torch.zeros(())), "stable for large scores"),
+    (softpick_from(shift=lambda x, dim: x.max().clamp(min=0)), "one shift per row"),
+    (softpick_from(shift=lambda x, dim: x.amax(dim, keepdim=True)), "gradient far below zero"),
+    (lambda x, dim=-1: msp.softpick(x.float(), dim=dim), "shape and dtype"),
+    (
+        lambda x, dim=-1: (
+            msp.softpick(x.float(), dim=dim) if x.dtype == torch.float16 else msp.softpick(x, dim)
+        ),
+        "half precision",
+    ),
+    (lambda x, dim=-1: msp.softpick(x.detach(), dim=dim), "gradient"),
+    (lambda x: msp.softpick(x), "signature"),
+]
+SOFTPICK_RIGHT = [
+    solutions.softpick,
+    lambda x, dim=-1: msp.softpick(x, dim=dim),
+    # shifting each row by its detached max m is exact for whole rows: only the online algorithm tells
+    # it from max(m, 0) (notebook 03's check rejects it there)
+    softpick_from(shift=lambda x, dim: x.amax(dim, keepdim=True).detach()),
+]
 
-
-def returns_float32(x, dim=-1):
-    return msp.softpick(x.float(), dim=dim)
-
-
-def breaks_gradient(x, dim=-1):
-    return msp.softpick(x.detach(), dim=dim)
-
-
-@pytest.mark.parametrize(
-    ("wrong", "property_name"),
-    [
-        (softmax, "zero weight where x <= 0"),
-        (no_relu, "zero weight where x <= 0"),
-        (no_abs, "negative scores count in the denominator"),
-        (ignores_dim, "respects dim"),
-        (assumes_shift_invariance, "negative scores count in the denominator"),
-        (unstable, "stable for large scores"),
-        (shift_by_max_alone, "stable for scores far below zero"),
-        (returns_float32, "half precision"),
-        (breaks_gradient, "gradient"),
-    ],
-)
-def test_softpick_check_rejects(wrong, property_name, capsys):
-    with pytest.raises(CheckFailed, match=property_name) as failure:
-        msp.checks.softpick(wrong)
-    message = str(failure.value)
-    assert "failed on" in message and "Hint:" in message
-    assert f"\u2717 {property_name}" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("right", [solutions.softpick, lambda x, dim=-1: msp.softpick(x, dim=dim)])
-def test_softpick_check_accepts(right):
-    assert msp.checks.softpick(right) is right
-
-
-# ---- softpick Jacobian: fn(x) -> J[i, j] = d p_i / d x_j ----------------------------------------
-
-
-def softmax_jacobian(x):
-    p = torch.softmax(x, -1)
-    return torch.diag(p) - torch.outer(p, p)
+# ---- 01 softpick_jacobian: fn(x) -> J[i, j] = d p_i / d x_j --------------------------------------
 
 
 def jacobian_from(numerator_slope, denominator_slope, shift=lambda x: x.max().clamp(min=0)):
@@ -112,150 +91,553 @@ def right_denominator(x, e):
     return torch.sign(x) * e
 
 
-@pytest.mark.parametrize(
-    ("wrong", "property_name"),
-    [
-        (softmax_jacobian, "rows where x_i <= 0 are zero"),
-        (jacobian_from(lambda x, e: e, right_denominator), "rows where x_i <= 0 are zero"),
-        (jacobian_from(right_numerator, lambda x, e: e), "negative scores move the denominator"),
-        (lambda x: solutions.softpick_jacobian(x).mT, "transposed"),
-        (jacobian_from(right_numerator, right_denominator, shift=lambda x: 0.0 * x.max()), "large scores"),
-        (lambda x: torch.autograd.functional.jacobian(shift_by_max_alone, x), "far below zero"),
-    ],
-)
-def test_softpick_jacobian_check_rejects(wrong, property_name):
-    with pytest.raises(CheckFailed, match=property_name):
-        msp.checks.softpick_jacobian(wrong)
+def softmax_jacobian(x):
+    p = torch.softmax(x, -1)
+    return torch.diag(p) - torch.outer(p, p)
 
 
-@pytest.mark.parametrize(
-    "right",
-    [
-        solutions.softpick_jacobian,
-        jacobian_from(right_numerator, right_denominator),
-        lambda x: torch.autograd.functional.jacobian(msp.softpick, x),
-    ],
-)
-def test_softpick_jacobian_check_accepts(right):
-    assert msp.checks.softpick_jacobian(right) is right
+JACOBIAN_WRONG = [
+    (softmax_jacobian, "rows where x_i <= 0 are zero"),
+    (jacobian_from(lambda x, e: e, right_denominator), "rows where x_i <= 0 are zero"),
+    (jacobian_from(right_numerator, lambda x, e: e), "negative scores move the denominator"),
+    (lambda x: solutions.softpick_jacobian(x).mT, "rows where x_i <= 0 are zero", "transposed"),
+    (
+        jacobian_from(right_numerator, right_denominator, shift=lambda x: 0.0 * x.max()),
+        "stable for large scores",
+    ),
+    (  # autograd through a softpick shifted by an undetached m: d exp(-m) / dm overflows
+        lambda x: torch.autograd.functional.jacobian(
+            softpick_from(shift=lambda x, dim: x.amax(dim, keepdim=True)), x
+        ),
+        "stable for scores far below zero",
+    ),
+]
+JACOBIAN_RIGHT = [
+    solutions.softpick_jacobian,
+    jacobian_from(right_numerator, right_denominator),
+    lambda x: torch.autograd.functional.jacobian(msp.softpick, x),
+]
+
+# ---- 01 softpick_vjp: fn(x, grad) -> dL/dx ---------------------------------------------------------
 
 
-# ---- naive attention: fn(q, k, v, causal=True) -----------------------------------------------
+def vjp_with(indicator=lambda x: x > 0, sign=torch.sign, shifted=True, delta_term=True):
+    def vjp(x, grad):
+        c = x.amax(-1, keepdim=True).clamp(min=0) if shifted else torch.zeros(())
+        e = torch.exp(x - c)
+        den = (e - torch.exp(-c)).abs().sum(-1, keepdim=True) + 1e-6 * torch.exp(-c)
+        delta = (grad * torch.relu(e - torch.exp(-c)) / den).sum(-1, keepdim=True)
+        return e / den * (indicator(x) * grad - (sign(x) * delta if delta_term else 0))
+
+    return vjp
+
+
+def softmax_vjp(x, grad):
+    p = torch.softmax(x, -1)
+    return p * (grad - (grad * p).sum(-1, keepdim=True))
+
+
+VJP_WRONG = [
+    (softmax_vjp, "matches autograd on random rows"),
+    (vjp_with(sign=torch.ones_like), "matches autograd on random rows"),
+    (vjp_with(delta_term=False), "matches autograd on random rows"),
+    (vjp_with(indicator=lambda x: x >= 0), "scores exactly 0 get zero gradient"),
+    (vjp_with(shifted=False), "stable for large scores"),
+]
+VJP_RIGHT = [solutions.softpick_vjp, vjp_with()]
+
+# ---- 02 causal_mask: fn(tq, tk) -> bool [tq, tk] -----------------------------------------------------
+
+MASK_WRONG = [
+    (lambda tq, tk: torch.ones(tq, tk).tril().bool(), "Tq < Tk is bottom-right aligned"),
+    (
+        lambda tq, tk: torch.arange(tk)[None, :] < torch.arange(tq)[:, None] + tk - tq,
+        "Tq = Tk: query i sees keys j <= i",
+    ),
+    (
+        lambda tq, tk: torch.arange(tk)[None, :] >= torch.arange(tq)[:, None] + tk - tq,
+        "Tq = Tk: query i sees keys j <= i",
+    ),
+    (lambda tq, tk: msp.causal_mask(tq, tk).float(), "a bool tensor [Tq, Tk]"),
+    (
+        lambda tq, tk: msp.causal_mask(max(tq, tk), max(tq, tk))[-tq:, -tk:] if tq <= tk else None,
+        "Tq > Tk: the first queries see no key",
+    ),
+]
+MASK_RIGHT = [solutions.causal_mask, msp.causal_mask, lambda tq, tk: torch.ones(tq, tk).tril(tk - tq).bool()]
+
+# ---- 02 masked_softpick: fn(scores, keep) -> weights ----------------------------------------------
+
+MASKED_WRONG = [
+    (
+        lambda s, keep: msp.softpick(s.masked_fill(~keep, float("-inf"))),
+        "hidden entries stay out of the denominator",
+    ),
+    (lambda s, keep: msp.softpick(s) * keep, "hidden entries stay out of the denominator"),
+    (lambda s, keep: msp.masked_softmax(s, mask=keep), "hidden entries stay out of the denominator"),
+    (lambda s, keep: masked_softpick(multiply=True)(s, keep), "large hidden scores stay hidden"),
+    (lambda s, keep: masked_softpick(shift_over_hidden=True)(s, keep), "large hidden scores stay hidden"),
+    (lambda s, keep: masked_softpick(shifted=False)(s, keep), "stable for large scores"),
+]
+MASKED_RIGHT = [solutions.masked_softpick, lambda s, keep: msp.softpick(s, mask=keep)]
+
+# ---- 02 naive attention: fn(q, k, v, causal=True) ------------------------------------------------
 
 
 def attention_with(normalize, keep_rule=lambda i, j, tq, tk: j <= i + tk - tq, scale_by_sqrt_d=True):
     def attention(q, k, v, causal=True):
         tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
         s = q @ k.transpose(-1, -2) / (math.sqrt(d) if scale_by_sqrt_d else 1.0)
-        i = torch.arange(tq)[:, None]
-        j = torch.arange(tk)[None, :]
+        i, j = torch.arange(tq)[:, None], torch.arange(tk)[None, :]
         keep = keep_rule(i, j, tq, tk) if causal else torch.ones(tq, tk, dtype=torch.bool)
         return normalize(s, keep) @ v
 
     return attention
 
 
-def masked_in_denominator(s, keep):
-    return msp.softpick(s.masked_fill(~keep, float("-inf")))  # exp(-inf) - 1 = -1 per masked key
+def masked_softpick(shift_over_hidden=False, multiply=False, shifted=True):
+    """Softpick of scores s with a keep mask, one masking mistake switched on."""
+
+    def normalize(s, keep):
+        visible = s if shift_over_hidden else s.masked_fill(~keep, float("-inf"))
+        c = visible.amax(-1, keepdim=True).clamp(min=0) if shifted else torch.zeros(())
+        e = torch.exp(s - c) - torch.exp(-c)
+        e = e * keep if multiply else e.masked_fill(~keep, 0.0)
+        return torch.relu(e) / (e.abs().sum(-1, keepdim=True) + 1e-6 * torch.exp(-c))
+
+    return normalize
 
 
-@pytest.mark.parametrize(
-    ("wrong", "property_name"),
-    [
-        (attention_with(lambda s, keep: msp.masked_softmax(s, mask=keep)), "attend to nothing"),
-        (attention_with(masked_in_denominator), "masked keys stay out"),
-        (
-            attention_with(lambda s, keep: msp.softpick(s, mask=keep), lambda i, j, tq, tk: j < i + tk - tq),
-            "causal mask",
-        ),
-        (
-            attention_with(lambda s, keep: msp.softpick(s, mask=keep), lambda i, j, tq, tk: j <= i + 1),
-            "causal mask",
-        ),
-        (
-            attention_with(lambda s, keep: msp.softpick(s, mask=keep), scale_by_sqrt_d=False),
-            "scaled by 1/sqrt",
-        ),
-        (attention_with(lambda s, keep: msp.softpick(s, mask=keep), lambda i, j, tq, tk: j <= i), "Tq != Tk"),
-        (lambda q, k, v, causal=True: msp.naive_attention(q.detach(), k, v, causal=causal), "gradient"),
-    ],
-)
-def test_naive_attention_check_rejects(wrong, property_name):
-    with pytest.raises(CheckFailed, match=property_name):
-        msp.checks.naive_attention(wrong)
+def right_softpick(s, keep):
+    return msp.softpick(s, mask=keep)
 
 
-@pytest.mark.parametrize(
-    "right",
-    [
-        solutions.naive_attention,
-        attention_with(lambda s, keep: msp.softpick(s, mask=keep)),
-        lambda q, k, v, causal=True: msp.naive_attention(q, k, v, causal=causal),
-    ],
-)
-def test_naive_attention_check_accepts(right):
-    assert msp.checks.naive_attention(right) is right
+NAIVE_WRONG = [
+    (
+        attention_with(lambda s, keep: msp.masked_softmax(s, mask=keep)),
+        "rows of negative scores attend to nothing",
+    ),
+    (
+        attention_with(lambda s, keep: msp.softpick(s.masked_fill(~keep, float("-inf")))),
+        "masked keys stay out of the denominator",
+    ),
+    (attention_with(right_softpick, lambda i, j, tq, tk: j < i + tk - tq), "causal mask"),
+    (attention_with(right_softpick, lambda i, j, tq, tk: j <= i + 1), "causal mask"),
+    (attention_with(right_softpick, scale_by_sqrt_d=False), "scores scaled by 1/sqrt(D)"),
+    (attention_with(right_softpick, lambda i, j, tq, tk: j <= i), "Tq != Tk, bottom-right causal mask"),
+    (attention_with(masked_softpick(shifted=False)), "stable for large scores"),
+    (attention_with(masked_softpick(multiply=True)), "large hidden scores stay hidden"),
+    (attention_with(masked_softpick(shift_over_hidden=True)), "large hidden scores stay hidden"),
+    (lambda q, k, v, causal=True: msp.naive_attention(q.detach(), k, v, causal=causal), "gradient"),
+    (lambda q, k, v: msp.naive_attention(q, k, v), "signature"),
+]
+NAIVE_RIGHT = [
+    solutions.naive_attention,
+    attention_with(right_softpick),
+    attention_with(masked_softpick()),
+    lambda q, k, v, causal=True: msp.naive_attention(q, k, v, causal=causal),
+]
+
+# ---- 03 online softpick: fn(q, k, v, causal=True, block_size=16) ---------------------------------
 
 
-# ---- online softpick: fn(q, k, v, causal=True, block_size=16) --------------------------------
-
-
-def online_with(start_shift_at_first_max=False, rescale_denominator=True, rescale_output=True):
+def online_with(
+    c_start=0.0, rescale_den=True, rescale_acc=True, shifted=True, hidden_in_max=False, multiply=False
+):
     def attention(q, k, v, causal=True, block_size=16):
         tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
-        fill = float("-inf") if start_shift_at_first_max else 0.0
-        c = torch.full((*q.shape[:-1], 1), fill, dtype=q.dtype)
+        c = torch.full((*q.shape[:-1], 1), c_start, dtype=q.dtype)
         den = torch.zeros_like(q[..., :1])
         acc = torch.zeros_like(q)
         keep_all = msp.causal_mask(tq, tk) if causal else torch.ones(tq, tk, dtype=torch.bool)
         for start in range(0, tk, block_size):
             s = q @ k[..., start : start + block_size, :].transpose(-1, -2) / math.sqrt(d)
             keep = keep_all[:, start : start + block_size]
-            c_new = torch.maximum(c, s.masked_fill(~keep, float("-inf")).amax(-1, keepdim=True))
+            block_max = (s if hidden_in_max else s.masked_fill(~keep, float("-inf"))).amax(-1, keepdim=True)
+            c_new = torch.maximum(c, block_max) if shifted else c
             r = torch.exp(c - c_new)
-            p = (torch.exp(s - c_new) - torch.exp(-c_new)).masked_fill(~keep, 0.0)
-            den = (den * r if rescale_denominator else den) + p.abs().sum(-1, keepdim=True)
-            acc = (acc * r if rescale_output else acc) + torch.relu(p) @ v[..., start : start + block_size, :]
+            p = torch.exp(s - c_new) - torch.exp(-c_new)
+            p = p * keep if multiply else p.masked_fill(~keep, 0.0)
+            den = (den * r if rescale_den else den) + p.abs().sum(-1, keepdim=True)
+            acc = (acc * r if rescale_acc else acc) + torch.relu(p) @ v[..., start : start + block_size, :]
             c = c_new
         return acc / (den + 1e-6 * torch.exp(-c))
 
     return attention
 
 
-@pytest.mark.parametrize(
-    ("wrong", "property_name"),
-    [
-        (online_with(rescale_denominator=False), "every block size"),
-        (online_with(rescale_output=False), "every block size"),
-        (online_with(start_shift_at_first_max=True), "far below zero"),
-        (lambda q, k, v, causal=True, block_size=16: msp.naive_attention(q, k, v, causal=True), "non-causal"),
-    ],
-)
-def test_online_check_rejects(wrong, property_name):
-    with pytest.raises(CheckFailed, match=property_name):
-        msp.checks.online_softpick_attention(wrong)
+ONLINE_WRONG = [
+    (online_with(rescale_den=False), "equals naive attention for every block size"),
+    (online_with(rescale_acc=False), "equals naive attention for every block size"),
+    (online_with(c_start=float("-inf")), "first key block far below zero"),
+    (
+        lambda q, k, v, causal=True, block_size=16: msp.naive_attention(q, k, v, causal=True),
+        "non-causal and Tq != Tk",
+    ),
+    (online_with(shifted=False), "stable for large scores"),
+    (online_with(hidden_in_max=True), "large hidden scores stay hidden"),
+    (online_with(multiply=True), "large hidden scores stay hidden"),
+    (lambda q, k, v, causal=True: msp.naive_attention(q, k, v, causal=causal), "signature"),
+]
+ONLINE_RIGHT = [solutions.online_softpick_attention, online_with(), msp.online_softpick_attention]
+
+# ---- 03 merge_partials: fn(c1, den1, acc1, c2, den2, acc2) -> (c, den, acc) ---------------------------
 
 
-@pytest.mark.parametrize("right", [solutions.online_softpick_attention, online_with()])
-def test_online_check_accepts(right):
-    assert msp.checks.online_softpick_attention(right) is right
+def merge_with(rescale_acc=True, rescale_den=True, shift=torch.maximum):
+    def merge(c1, den1, acc1, c2, den2, acc2):
+        c = shift(c1, c2)
+        r1, r2 = torch.exp(c1 - c), torch.exp(c2 - c)
+        den = den1 * r1 + den2 * r2 if rescale_den else den1 + den2
+        return c, den, acc1 * r1 + acc2 * r2 if rescale_acc else acc1 + acc2
+
+    return merge
 
 
-# ---- the exercise machinery ---------------------------------------------------------------------
+def merge_through_unshifted(c1, den1, acc1, c2, den2, acc2):
+    """Undo both shifts, add, shift again: exact in float64, exp(300) = inf in float32."""
+    c = torch.maximum(c1, c2)
+    den = (den1 * torch.exp(c1) + den2 * torch.exp(c2)) * torch.exp(-c)
+    return c, den, (acc1 * torch.exp(c1) + acc2 * torch.exp(c2)) * torch.exp(-c)
 
 
-def test_unfinished_stub_falls_back_to_the_solution(capsys):
+MERGE_WRONG = [
+    (merge_with(rescale_acc=False), "rescales den and acc to the common shift"),
+    (merge_with(rescale_den=False), "rescales den and acc to the common shift"),
+    (merge_with(shift=lambda a, b: (a + b) / 2), "rescales den and acc to the common shift"),
+    (merge_through_unshifted, "stable when the shifts are far apart"),
+    (
+        lambda c1, den1, acc1, c2, den2, acc2: torch.cat([c1, den1, acc1], -1),
+        "rescales den and acc to the common shift",
+    ),
+]
+MERGE_RIGHT = [solutions.merge_partials, merge_with()]
+
+# ---- 03 block_update: fn(c, den, acc, s, v, keep) -> (c, den, acc) ----------------------------------
+
+
+def update_with(rescale_den=True, rescale_acc=True, hidden_in_max=False, running_max=True):
+    def update(c, den, acc, s, v, keep):
+        block_max = (s if hidden_in_max else s.masked_fill(~keep, float("-inf"))).amax(-1, keepdim=True)
+        c_new = torch.maximum(c, block_max) if running_max else block_max.clamp(min=0)
+        r = torch.exp(c - c_new)
+        p = (torch.exp(s - c_new) - torch.exp(-c_new)).masked_fill(~keep, 0.0)
+        den = (den * r if rescale_den else den) + p.abs().sum(-1, keepdim=True)
+        return c_new, den, (acc * r if rescale_acc else acc) + torch.relu(p) @ v
+
+    return update
+
+
+UPDATE_WRONG = [
+    (update_with(rescale_den=False), "rescales the previous state"),
+    (update_with(rescale_acc=False), "rescales the previous state"),
+    (update_with(running_max=False), "a block below the shift leaves c alone"),
+    (update_with(hidden_in_max=True), "hidden keys change nothing"),
+    (lambda c, den, acc, s, v, keep: (c, den), "the first block, from the zero state"),
+]
+UPDATE_RIGHT = [solutions.block_update, update_with()]
+
+# ---- 06 softpick_score_grad: fn(s, shift, den, dp, delta) -> ds ----------------------------------
+
+
+def score_grad_with(indicator=lambda s: s > 0, sign=torch.sign, shifted=True):
+    def ds(s, shift, den, dp, delta):
+        e = torch.exp(s - shift[:, None] if shifted else s) / den[:, None]
+        return e * (indicator(s) * dp - sign(s) * delta[:, None])
+
+    return ds
+
+
+def softmax_style(s, shift, den, dp, delta):
+    p = torch.relu(torch.exp(s - shift[:, None]) - torch.exp(-shift)[:, None]) / den[:, None]
+    return p * (dp - delta[:, None])
+
+
+SCORE_GRAD_WRONG = [
+    (softmax_style, "matches autograd on random scores"),
+    (score_grad_with(shifted=False), "matches autograd on random scores"),
+    (score_grad_with(sign=torch.ones_like), "matches autograd on random scores"),
+    (score_grad_with(indicator=torch.ones_like), "matches autograd on random scores"),
+    (score_grad_with(indicator=lambda s: s >= 0), "scores exactly 0 get zero gradient"),
+    (score_grad_with(sign=lambda s: (s > 0).double()), "matches autograd on random scores"),
+]
+SCORE_GRAD_RIGHT = [solutions.softpick_score_grad, score_grad_with()]
+
+# ---- 06 attention_roofline: fn(b, h, t, d, mode, peak_flops, bandwidth) -> (flops, bytes, attainable) ----
+
+
+def roofline_with(causal_half=0.5, training=3.5, bytes_per=2, training_tensors=12, roof=min, roofs=None):
+    def roofline(b, h, t, d, mode, peak_flops, bandwidth):
+        peak_flops, bandwidth = roofs or (peak_flops, bandwidth)
+        forward = 4 * b * h * t * t * d * causal_half
+        flops = forward if mode == "fwd" else training * forward
+        moved = (4 if mode == "fwd" else training_tensors) * b * h * t * d * bytes_per
+        return flops, moved, roof(peak_flops, flops / moved * bandwidth)
+
+    return roofline
+
+
+ROOFLINE_WRONG = [
+    (roofline_with(causal_half=1.0), "causal forward FLOPs"),
+    (roofline_with(training=3.0), "forward+backward FLOPs"),
+    (roofline_with(bytes_per=4), "minimum bytes moved"),
+    (roofline_with(training_tensors=4), "minimum bytes moved"),
+    (roofline_with(roof=max), "memory-bound below the ridge"),
+    (roofline_with(roofs=(7.5e14, 3.0e12)), "reads the roofs it is given"),
+    (lambda b, h, t, d, mode, peak_flops, bandwidth: {"flops": 1.0}, "causal forward FLOPs"),
+]
+ROOFLINE_RIGHT = [solutions.attention_roofline, roofline_with()]
+
+# ---- 07 learning_rate: fn(cfg, step) --------------------------------------------------------------
+
+
+def schedule_with(*, warmup_from_zero=False, floor=None, linear=False, hold=True, hard_coded=False):
+    """The trainer's schedule with one plausible mistake switched on."""
+
+    def learning_rate(cfg, step):
+        warmup, total = (10, 110) if hard_coded else (cfg.warmup_steps, cfg.max_steps)
+        lr, min_lr = cfg.lr, cfg.min_lr if floor is None else floor
+        if step < warmup:
+            return lr * (step if warmup_from_zero else step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        progress = min(1.0, progress) if hold else progress
+        shape = 1 - progress if linear else 0.5 * (1 + math.cos(math.pi * progress))
+        return min_lr + (lr - min_lr) * shape
+
+    return learning_rate
+
+
+LR_WRONG = [
+    (schedule_with(warmup_from_zero=True), "warmup rises linearly from lr / warmup_steps"),
+    (schedule_with(floor=0.0), "cosine decay from lr"),
+    (schedule_with(linear=True), "cosine decay from lr"),
+    (schedule_with(hold=False), "ends at min_lr and stays there"),
+    (schedule_with(hard_coded=True), "every preset's schedule"),
+    (lambda cfg, step: str(cfg.lr), "warmup rises linearly from lr / warmup_steps"),
+]
+LR_RIGHT = [solutions.learning_rate, train.learning_rate, schedule_with()]
+
+# ---- 08 sink_rate: fn(weights, threshold=0.3); kurtosis: fn(x) -----------------------------------
+
+
+def sink_rate_with(
+    to_first=lambda w: w[..., 0], average=lambda a: a.mean(dim=(0, 2)), exceeds=torch.gt, default=0.3
+):
+    def sink_rate(weights, threshold=default):
+        flags = [exceeds(average(to_first(w)), threshold) for w in weights]
+        return torch.cat(flags).double().mean().item()
+
+    return sink_rate
+
+
+def skips_rows_that_attend_nowhere(weights, threshold=0.3):
+    flags = []
+    for w in weights:
+        attends = w.sum(-1) > 0  # [B, H, T]
+        flags.append((w[..., 0] * attends).sum(dim=(0, 2)) / attends.sum(dim=(0, 2)) > threshold)
+    return torch.cat(flags).double().mean().item()
+
+
+SINK_WRONG = [
+    (sink_rate_with(exceeds=torch.ge), "a head must exceed the threshold"),
+    (sink_rate_with(to_first=lambda w: w[..., -1]), "the first token is the sink"),
+    (sink_rate_with(to_first=lambda w: w[..., 0, :]), "the first token is the sink"),
+    (
+        sink_rate_with(
+            to_first=lambda w: (w / w.sum(-1, keepdim=True))[..., 0], average=lambda a: a.nanmean((0, 2))
+        ),
+        "rows that attend nowhere are no sink",
+    ),
+    (skips_rows_that_attend_nowhere, "rows that attend nowhere are no sink"),
+    (sink_rate_with(average=lambda a: a.mean(dim=2).amax(dim=0)), "averaged over the batch"),
+    (sink_rate_with(default=0.5), "a fraction of all heads"),
+    (lambda weights, threshold=0.3: torch.tensor([0.5, 0.5]), "returns a number"),
+]
+SINK_RIGHT = [solutions.sink_rate, metrics.sink_rate, sink_rate_with()]
+
+
+def unbiased_moments(x):
+    d = x.double().flatten() - x.double().mean()
+    return (torch.mean(d**4) / d.var() ** 2).item()
+
+
+KURTOSIS_WRONG = [
+    (lambda x: metrics.kurtosis(x) - 3, "Pearson kurtosis: about 3 for a Gaussian"),
+    (unbiased_moments, "population moments"),
+    (
+        lambda x: float(np.mean([metrics.kurtosis(r) for r in x.reshape(-1, x.shape[-1])])),
+        "over all elements",
+    ),
+    (lambda x: "3.0", "Pearson kurtosis: about 3 for a Gaussian"),
+]
+KURTOSIS_RIGHT = [solutions.kurtosis, metrics.kurtosis, lambda x: torch.tensor(metrics.kurtosis(x))]
+
+# ---- 09 quantize_rtn: fn(w, bits, group_size=64) -------------------------------------------------
+
+
+def rtn_with(
+    levels_of=lambda bits: 2**bits - 1,
+    clamp=True,
+    integer_zero=True,
+    rounding=torch.round,
+    per_row=False,
+    add_zero_first=False,
+):
+    """A learner's RTN with one plausible mistake switched on."""
+
+    def quantize(w, bits, group_size=64):
+        levels = levels_of(bits)
+        groups = w.float().reshape(-1, w.shape[-1] if per_row else group_size)
+        lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+        step = (hi - lo) / levels
+        step = torch.where(step > 0, step, lo.abs() + (lo == 0))
+        zero = torch.round(-lo / step) if integer_zero else -lo / step
+        q = (
+            rounding(groups / step + zero)
+            if add_zero_first or not integer_zero
+            else rounding(groups / step) + zero
+        )
+        q = torch.clamp(q, 0, 2**bits - 1) if clamp else q
+        return ((q - zero) * step).reshape(w.shape).to(w.dtype)
+
+    return quantize
+
+
+def symmetric_rtn(w, bits, group_size=64):
+    groups = w.float().reshape(-1, group_size)
+    qmax = 2 ** (bits - 1) - 1
+    step = groups.abs().amax(-1, keepdim=True) / qmax
+    return (torch.clamp(torch.round(groups / step), -qmax, qmax) * step).reshape(w.shape).to(w.dtype)
+
+
+RTN_WRONG = [
+    (symmetric_rtn, "asymmetric min-max grid: weights on it come back unchanged"),
+    (rtn_with(per_row=True), "one group per group_size consecutive elements of the last dim"),
+    (rtn_with(rounding=torch.floor), "rounds to the nearest level"),
+    (rtn_with(clamp=False), "at most 2**bits levels per group"),
+    (rtn_with(levels_of=lambda bits: 2**bits), "asymmetric min-max grid: weights on it come back unchanged"),
+    (rtn_with(integer_zero=False), "matches RTN on random weights"),
+    (lambda w, bits, group_size=64: w.float(), "shape and dtype"),
+]
+RTN_RIGHT = [solutions.quantize_rtn, rtn_with(), rtn_with(add_zero_first=True)]  # ties may round either way
+
+# ---- the tables ------------------------------------------------------------------------------------
+
+WRONG = {
+    "softpick": SOFTPICK_WRONG,
+    "softpick_jacobian": JACOBIAN_WRONG,
+    "softpick_vjp": VJP_WRONG,
+    "causal_mask": MASK_WRONG,
+    "merge_partials": MERGE_WRONG,
+    "masked_softpick": MASKED_WRONG,
+    "block_update": UPDATE_WRONG,
+    "naive_attention": NAIVE_WRONG,
+    "online_softpick_attention": ONLINE_WRONG,
+    "softpick_score_grad": SCORE_GRAD_WRONG,
+    "attention_roofline": ROOFLINE_WRONG,
+    "learning_rate": LR_WRONG,
+    "sink_rate": SINK_WRONG,
+    "kurtosis": KURTOSIS_WRONG,
+    "quantize_rtn": RTN_WRONG,
+    **(wrong_kernels.WRONG if wrong_kernels else {}),
+}
+RIGHT = {
+    "softpick": SOFTPICK_RIGHT,
+    "softpick_jacobian": JACOBIAN_RIGHT,
+    "softpick_vjp": VJP_RIGHT,
+    "causal_mask": MASK_RIGHT,
+    "merge_partials": MERGE_RIGHT,
+    "masked_softpick": MASKED_RIGHT,
+    "block_update": UPDATE_RIGHT,
+    "naive_attention": NAIVE_RIGHT,
+    "online_softpick_attention": ONLINE_RIGHT,
+    "softpick_score_grad": SCORE_GRAD_RIGHT,
+    "attention_roofline": ROOFLINE_RIGHT,
+    "learning_rate": LR_RIGHT,
+    "sink_rate": SINK_RIGHT,
+    "kurtosis": KURTOSIS_RIGHT,
+    "quantize_rtn": RTN_RIGHT,
+    **(wrong_kernels.RIGHT if wrong_kernels else {}),
+}
+
+
+def wrong_cases():
+    """(exercise, wrong answer, property that must reject it, a phrase the message must hold) for every row."""
+    return [
+        pytest.param(name, row[0], row[1], row[2] if len(row) > 2 else "", id=f"{name}: {row[1]} #{i}")
+        for name, rows in WRONG.items()
+        for i, row in enumerate(rows)
+    ]
+
+
+def right_cases():
+    return [
+        pytest.param(name, fn, id=f"{name} #{i}") for name, fns in RIGHT.items() for i, fn in enumerate(fns)
+    ]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow warnings in the Triton interpreter
+@pytest.mark.parametrize(("exercise", "wrong", "property_name", "also_says"), wrong_cases())
+def test_check_rejects_the_wrong_answer_at_its_property(
+    exercise, wrong, property_name, also_says, assert_rejected
+):
+    message = assert_rejected(getattr(checks, exercise), wrong, property_name)
+    assert also_says in message
+
+
+@pytest.mark.parametrize(("exercise", "right"), right_cases())
+def test_check_accepts_a_right_answer(exercise, right):
+    assert getattr(checks, exercise)(right) is right
+    assert OUTCOMES[exercise] == PASSED
+
+
+@pytest.mark.parametrize("exercise", list(EXERCISES))
+def test_every_exercise_rejects_at_least_three_wrong_answers(exercise):
+    if exercise not in WRONG:
+        pytest.skip("its wrong answers are Triton kernels, and Triton is not installed")
+    properties = {row[1] for row in WRONG[exercise]} - {"signature"}
+    assert len(WRONG[exercise]) >= 3 and len(properties) >= 2
+
+
+@pytest.mark.parametrize("exercise", list(EXERCISES))
+def test_every_exercise_has_a_solution_and_a_check(exercise):
+    check = getattr(checks, exercise)
+    assert check.__name__ == exercise and callable(getattr(solutions, exercise))
+    assert len({p.name for p in check.properties}) >= 3
+
+
+# ---- the runner ---------------------------------------------------------------------------------
+
+
+def test_an_unfinished_stub_falls_back_to_the_solution(capsys):
     def stub(x, dim=-1):
         raise NotImplementedError
 
     assert msp.checks.softpick(stub) is solutions.softpick
     assert "not implemented yet" in capsys.readouterr().out
+    assert OUTCOMES["softpick"] == FELL_BACK
 
 
 def test_solutions_mode_checks_the_solution(monkeypatch, capsys):
     monkeypatch.setenv("MSP_SOLUTIONS", "1")
-    assert msp.checks.softpick(softmax) is solutions.softpick
+    assert msp.checks.softpick(SOFTPICK_WRONG[0][0]) is solutions.softpick
     assert "MSP_SOLUTIONS=1" in capsys.readouterr().out
+
+
+def test_a_wrong_signature_fails_in_one_line_naming_the_expected_one(assert_rejected):
+    def my_attention(q, k, v, mask):
+        return q
+
+    message = assert_rejected(msp.checks.naive_attention, my_attention, "signature")
+    assert "yours is my_attention(q, k, v, mask), expected my_attention(q, k, v, causal=True)" in message
+
+
+def test_a_learners_own_error_is_not_swallowed():
+    def typo(x, dim=-1):
+        return x.softpik(dim)
+
+    with pytest.raises(AttributeError, match="softpik"):
+        msp.checks.softpick(typo)
 
 
 def test_check_failed_is_an_assertion_error():
@@ -265,3 +647,77 @@ def test_check_failed_is_an_assertion_error():
 def test_check_needs_a_callable():
     with pytest.raises(TypeError, match="pass your function"):
         msp.checks.softpick(torch.zeros(3))
+
+
+def test_the_readme_syllabus_lists_every_exercise_in_its_notebook_row():
+    rows = {
+        line.split("|")[2].strip(" []").split("]")[0]: line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if re.match(r"\| \d\d \|", line)
+    }
+    listed = {stem: set(re.findall(r"`([a-z_0-9]+)`", row.split("|")[-2])) for stem, row in rows.items()}
+    expected = {stem: set() for stem in rows}
+    for name, notebook in EXERCISES.items():
+        expected[notebook].add(name)
+    assert listed == expected
+
+
+@pytest.mark.parametrize("exercise", list(EXERCISES))
+def test_every_exercise_is_called_in_its_notebook(exercise):
+    notebook = (ROOT / "notebooks" / f"{EXERCISES[exercise]}.ipynb").read_text()
+    assert f"msp.checks.{exercise}(" in notebook
+
+
+def test_progress_lists_every_exercise_and_what_became_of_it(capsys):
+    OUTCOMES.clear()
+
+    def stub(x, dim=-1):
+        raise NotImplementedError
+
+    msp.checks.softpick(stub)
+    msp.checks.kurtosis(solutions.kurtosis)
+    with pytest.raises(CheckFailed):
+        msp.checks.sink_rate(SINK_WRONG[0][0])
+    capsys.readouterr()
+    status = msp.course.progress()
+    out = capsys.readouterr().out
+    assert list(status) == list(EXERCISES)
+    assert (
+        status["softpick"] == FELL_BACK and status["kurtosis"] == PASSED and status["sink_rate"] == "failed"
+    )
+    assert {status[name] for name in EXERCISES if name not in ("softpick", "kurtosis", "sink_rate")} == {
+        "not run"
+    }
+    assert all(name in out for name in EXERCISES) and f"{len(EXERCISES) - 3} not run" in out
+
+
+def test_notebook_05s_stub_is_the_solution_kernel_without_its_loop_body():
+    """One source for the didactic kernel: the notebook's stub is the reference with the loop body left out."""
+    solution = (ROOT / "minisoftpick" / "solutions" / "flash_forward.py").read_text()
+    kernel = solution[solution.index("# fmt: off") : solution.index("# fmt: on")]
+    outside = re.sub(
+        r"        # --- the loop body.*?# --- end of the loop body ---\n", "", kernel, flags=re.DOTALL
+    )
+    notebook = json.loads((ROOT / "notebooks" / "05_flash_forward.ipynb").read_text())
+    cell = next(
+        "".join(c["source"])
+        for c in notebook["cells"]
+        if "def my_flash_forward_kernel(" in "".join(c["source"])
+    )
+    stub = cell[cell.index("# fmt: off") : cell.index("# fmt: on")]
+    stub = re.sub(r"        # your code here.*\n        pass\n", "", stub).replace("  # noqa: F841", "")
+    assert stub.replace("my_flash_forward_kernel(", "flash_forward_kernel(").split() == outside.split()
+
+
+def test_an_exercise_named_like_its_module_stays_the_exercise():
+    """checks.causal_mask loads checks/naive_attention.py; checks.naive_attention must still be the check."""
+    import subprocess
+    import sys
+
+    code = (
+        "from minisoftpick import checks, solutions; checks.causal_mask; solutions.causal_mask; "
+        "print(callable(checks.naive_attention), callable(solutions.naive_attention), "
+        "checks.naive_attention.__name__, solutions.naive_attention.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "naive_attention", "naive_attention"]

@@ -103,8 +103,9 @@ def test_meta_from_before_bos_says_to_prepare_again(dataset, tmp_path):
     out, meta = dataset
     del meta["tokenizers"]["char"]["bos_id"]
     (tmp_path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="BOS token.*prepare"):
-        data.bos_id("char", tmp_path)
+    for read in (lambda: data.bos_id("char", tmp_path), lambda: data.check(tmp_path)):
+        with pytest.raises(ValueError, match="BOS token; prepare again"):
+            read()
 
 
 def test_bpe_is_deterministic_and_merges_on_train_text_only():

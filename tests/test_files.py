@@ -173,6 +173,24 @@ def test_resume_rewrites_the_log_after_the_checkpoint_and_drops_a_cut_line(
     assert losses == [json.loads(line)["loss"] for line in (straight / train.LOG).read_text().splitlines()]
 
 
+def test_a_checkpoint_of_an_older_version_still_resumes(tiny_data_dir, tmp_path):
+    """Before --parallel the optimizer state was saved by position (torch's own format)."""
+    cfg = dict(max_steps=3, log_interval=1, checkpoint_interval=2)
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    train.train(smoke(tiny_data_dir, straight, **cfg))
+    train.train(smoke(tiny_data_dir, old, **{**cfg, "max_steps": 2}))
+    state = train.read_checkpoint(old)
+    model = train.load_checkpoint(old)
+    optimizer = train._optimizer(model, smoke(tiny_data_dir, old), torch.device("cpu"))
+    train.set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    state["optimizer"] = optimizer.state_dict()
+    assert list(state["optimizer"]["state"])[0] == 0  # by position
+    torch.save(state, old / train.CHECKPOINT)
+    train.train(smoke(tiny_data_dir, old, resume=True, **cfg))
+    for name, weight in train.read_checkpoint(straight)["model"].items():
+        torch.testing.assert_close(train.read_checkpoint(old)["model"][name], weight, rtol=0, atol=0)
+
+
 def test_resume_from_a_weights_only_copy_says_what_it_needs(finished_run, tmp_path, tiny_data_dir):
     run = tmp_path / "run"
     train.save_weights(finished_run, run / train.CHECKPOINT)

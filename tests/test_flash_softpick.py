@@ -375,14 +375,16 @@ def test_create_graph_is_refused(device):
 
 
 def test_length_buckets_are_powers_of_two():
-    assert [flash_softpick.length_bucket(n) for n in (1, 2, 3, 600, 1024, 1025)] == [
-        1,
-        2,
-        4,
-        1024,
-        1024,
-        2048,
-    ]
+    lengths = (1, 2, 3, 600, 1024, 1025)
+    assert [flash_softpick.length_bucket(n) for n in lengths] == [1, 2, 4, 1024, 1024, 2048]
+
+
+def test_host_integer_helpers_match_triton():
+    """The launchers' plain-Python helpers give what triton.next_power_of_2 and triton.cdiv give."""
+    import triton  # here, not at the top: on a CPU triton must be imported after minisoftpick.kernels
+
+    assert all(flash_softpick._next_power_of_2(n) == triton.next_power_of_2(n) for n in range(1, 3000))
+    assert all(flash_softpick._cdiv(a, b) == triton.cdiv(a, b) for a in range(700) for b in (16, 32, 64, 128))
 
 
 @pytest.mark.parametrize("device", DEVICES)

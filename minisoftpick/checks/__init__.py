@@ -2,28 +2,61 @@
 
 Each check prints one line per property and raises ``CheckFailed`` (an AssertionError) on the
 first failure, naming the case, where the output differs, yours vs expected, and a hint.
+``EXERCISES`` is the one list of exercises: the checks, the solutions, the README's syllabus and
+``msp.course.progress()`` all read it.
 """
 
-from .attention import naive_attention, online_softpick_attention, softpick, softpick_jacobian
-from .core import CheckFailed
-from .flash import flash_forward, softpick_score_grad
-from .metrics import kurtosis, sink_rate
-from .quant import quantize_rtn
-from .training import learning_rate
-from .triton_primer import score_tile, softpick_rows
+import importlib
 
-__all__ = [
-    "CheckFailed",
-    "flash_forward",
-    "kurtosis",
-    "learning_rate",
-    "naive_attention",
-    "online_softpick_attention",
-    "quantize_rtn",
-    "score_tile",
-    "sink_rate",
-    "softpick",
-    "softpick_jacobian",
-    "softpick_rows",
-    "softpick_score_grad",
-]
+from .core import CheckFailed
+
+# Every exercise and the notebook it belongs to. Its check lives in minisoftpick.checks.<module> and its
+# reference solution in minisoftpick.solutions.<module>, <module> being the notebook's name without its number.
+EXERCISES = {
+    "softpick": "01_softpick_math",
+    "softpick_jacobian": "01_softpick_math",
+    "softpick_vjp": "01_softpick_math",
+    "causal_mask": "02_naive_attention",
+    "masked_softpick": "02_naive_attention",
+    "naive_attention": "02_naive_attention",
+    "merge_partials": "03_online_softpick",
+    "block_update": "03_online_softpick",
+    "online_softpick_attention": "03_online_softpick",
+    "softpick_rows": "04_triton_primer",
+    "score_tile": "04_triton_primer",
+    "attention_weights": "04_triton_primer",
+    "flash_forward": "05_flash_forward",
+    "flash_forward_state": "05_flash_forward",
+    "softpick_score_grad": "06_flash_backward",
+    "attention_roofline": "06_flash_backward",
+    "learning_rate": "07_training",
+    "sink_rate": "08_sinks_and_activations",
+    "kurtosis": "08_sinks_and_activations",
+    "quantize_rtn": "09_quantization",
+}
+
+
+def module_of(exercise: str) -> str:
+    """The module name, in checks/ and in solutions/, of ``exercise``'s notebook."""
+    return EXERCISES[exercise][3:]
+
+
+def __getattr__(name: str):
+    if name not in EXERCISES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{module_of(name)}", __name__)
+    for (
+        other,
+        notebook,
+    ) in EXERCISES.items():  # every exercise of the notebook: one may share the module's name
+        if notebook == EXERCISES[name]:
+            globals()[other] = getattr(module, other)
+    exercise = globals()[name]
+    return exercise
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *EXERCISES])
+
+
+__all__ = ["EXERCISES", "CheckFailed", *EXERCISES]

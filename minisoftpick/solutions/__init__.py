@@ -1,39 +1,31 @@
 """Reference solutions to the notebooks' exercises, one module per notebook.
 
 Open these on purpose, after trying: each is written the way a learner would write it, not the
-way the package does, and the checks in ``minisoftpick.checks`` accept them.
+way the package does, and the checks in ``minisoftpick.checks`` accept them. They load on first use
+(the kernel notebooks' modules define Triton kernels, which need TRITON_INTERPRET set first).
 """
 
 import importlib
 
-from .flash_backward import softpick_score_grad
-from .naive_attention import naive_attention
-from .online_softpick import online_softpick_attention
-from .quantization import quantize_rtn
-from .sinks_and_activations import kurtosis, sink_rate
-from .softpick_math import softpick, softpick_jacobian
-from .training import learning_rate
-
-__all__ = [
-    "kurtosis",
-    "learning_rate",
-    "naive_attention",
-    "online_softpick_attention",
-    "quantize_rtn",
-    "sink_rate",
-    "softpick",
-    "softpick_jacobian",
-    "softpick_score_grad",
-]
-
-
-# Notebook 04's and 05's launchers, imported on first use: their modules define Triton kernels.
-LAZY = {"score_tile": "triton_primer", "softpick_rows": "triton_primer", "flash_forward": "flash_forward"}
+from ..checks import EXERCISES, module_of
 
 
 def __getattr__(name: str):
-    if name not in LAZY:
+    if name not in EXERCISES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    solution = getattr(importlib.import_module(f".{LAZY[name]}", __name__), name)
-    globals()[name] = solution  # also replaces a submodule of the same name that the import bound here
+    module = importlib.import_module(f".{module_of(name)}", __name__)
+    for (
+        other,
+        notebook,
+    ) in EXERCISES.items():  # every exercise of the notebook: one may share the module's name
+        if notebook == EXERCISES[name]:
+            globals()[other] = getattr(module, other)
+    solution = globals()[name]
     return solution
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *EXERCISES])
+
+
+__all__ = list(EXERCISES)

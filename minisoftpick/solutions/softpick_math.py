@@ -19,3 +19,14 @@ def softpick_jacobian(x):
     den = (e - torch.exp(-c)).abs().sum() + 1e-6 * torch.exp(-c)  # D e^-c
     p = softpick(x)
     return (torch.diag((x > 0) * e) - torch.outer(p, torch.sign(x) * e)) / den
+
+
+def softpick_vjp(x, grad):
+    """dL/dx for p = softpick(x) along the last dim and grad = dL/dp, without building J (notebook 01):
+    e^x / D * (1[x > 0] * grad - sign(x) * Delta), Delta = sum(grad * p), e^x / D = e^(x - c) / (D e^-c)."""
+    c = x.amax(-1, keepdim=True).clamp(min=0)
+    e = torch.exp(x - c)
+    den = (e - torch.exp(-c)).abs().sum(-1, keepdim=True) + 1e-6 * torch.exp(-c)  # D e^-c
+    p = torch.relu(e - torch.exp(-c)) / den
+    delta = (grad * p).sum(-1, keepdim=True)
+    return e / den * ((x > 0) * grad - torch.sign(x) * delta)

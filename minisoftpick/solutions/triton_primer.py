@@ -62,3 +62,35 @@ def score_tile(q, k, scale):
                             BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, triton.next_power_of_2(d)))
     return s
 # fmt: on
+
+
+# fmt: off
+@triton.jit
+def attention_weights_kernel(Q, K, W, M, N, D, scale,
+                             stride_qm, stride_qd, stride_kn, stride_kd, stride_wm, stride_wn,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program i writes rows [i * BLOCK_M, (i + 1) * BLOCK_M) of softpick((Q @ K^T) * scale), all N <= BLOCK_N keys."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    q = tl.load(Q + rows[:, None] * stride_qm + dims[None, :] * stride_qd,
+                mask=(rows[:, None] < M) & (dims[None, :] < D), other=0.0)
+    k_t = tl.load(K + dims[:, None] * stride_kd + cols[None, :] * stride_kn,
+                  mask=(dims[:, None] < D) & (cols[None, :] < N), other=0.0)
+    s = tl.dot(q, k_t) * scale  # keys past N load as zeros: their scores are exactly 0, weight 0, no effect on c
+    c = tl.maximum(tl.max(s, 1), 0.0)
+    p = tl.exp(s - c[:, None]) - tl.exp(-c)[:, None]
+    den = tl.sum(tl.abs(p), 1) + 1e-6 * tl.exp(-c)
+    tl.store(W + rows[:, None] * stride_wm + cols[None, :] * stride_wn, tl.maximum(p, 0.0) / den[:, None],
+             mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+def attention_weights(q, k, scale):
+    """softpick((q @ k.T) * scale) along the keys for float32 q [M, D], k [N, D] (any strides, N <= 256)."""
+    (m, d), n = q.shape, k.shape[0]
+    w = torch.empty(m, n, dtype=torch.float32, device=q.device)
+    attention_weights_kernel[(triton.cdiv(m, 16),)](q, k, w, m, n, d, scale, *q.stride(), *k.stride(), *w.stride(),
+                                                    BLOCK_M=16, BLOCK_N=max(16, triton.next_power_of_2(n)),
+                                                    BLOCK_D=max(16, triton.next_power_of_2(d)))
+    return w
+# fmt: on

@@ -1,0 +1,210 @@
+"""Notebook 05's exercise: a flash softpick forward kernel (docs/design.md, "Online recurrence").
+
+``flash_forward`` takes the learner's launcher ``fn(q, k, v, causal=True, scale=None) -> out``. A Triton
+kernel cannot take a Python callback, so the learner writes the whole small kernel in the notebook and
+passes its launcher; an unfinished launcher or kernel raises NotImplementedError. Inputs are float32 on
+the GPU when there is one, else on the CPU for the Triton interpreter, and tiny (the interpreter is
+slow); the reference is naive attention in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import tolerances
+from ..attention import naive_attention as reference_attention
+from ..kernels import interpreting, kernel_device
+from ..online import online_softpick_attention
+from .cases import LARGE_HIDDEN_SCORES, LARGE_SCORES, qkv, qkv_with_scores
+from .core import Exercise, Mismatch, Property, call
+
+TOLERANCE = tolerances.kernel(interpreting())
+D = 16  # the head dim of every case: the smallest tl.dot takes on a GPU
+
+
+def on_device(*tensors):
+    return tuple(x.float().to(kernel_device()) for x in tensors)
+
+
+def kernel_case(tq: int, tk: int, heads: int = 1, std: float = 1.0, **kwargs):
+    return lambda g: call(*on_device(*qkv(g, 1, heads, tq, tk, D, std)), **kwargs)
+
+
+def scores_case(scores, tq: int, **kwargs):
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    return lambda g: call(*on_device(*qkv_with_scores(g, scores, tq, D)), **kwargs)
+
+
+def far_below(g: torch.Generator):
+    """Keys 0-15 (the first key block) score -200, keys 16-39 about 2 N(0, 1); non-causal, Tq = 4."""
+    scores = torch.cat([torch.full((16,), -200.0), 2 * torch.randn(24, generator=g)]).double()
+    return call(*on_device(*qkv_with_scores(g, scores, 4, D)), causal=False)
+
+
+flash_forward = Exercise(
+    name="flash_forward",
+    contract="fn(q, k, v, causal=True, scale=None) -> out: softpick attention of float32 q [B, H, Tq, D], k and "
+    "v [B, H, Tk, D] (D = 16) on the kernel's device, scale defaulting to 1/sqrt(D)",
+    reference=reference_attention,
+    seed=6,
+    tolerance=TOLERANCE,
+    properties=[
+        Property(
+            "shape and dtype",
+            "q, k, v = randn(1, 1, 16, 16)",
+            kernel_case(16, 16),
+            "return a new float32 tensor shaped like q, on q's device",
+            layout=True,
+        ),
+        Property(
+            "matches naive attention, several key blocks",
+            "non-causal, B = 1, H = 2, Tq = Tk = 48, D = 16, scores about 2 * N(0, 1)",
+            kernel_case(48, 48, heads=2, std=2**0.5, causal=False),
+            "each key block: c_new = max(c, rowmax(s)), r = exp(c - c_new), p = exp(s - c_new) - exp(-c_new); "
+            "rescale BOTH den and acc by r before adding the block's sum |p| and relu(p) @ v",
+        ),
+        Property(
+            "uses scale",
+            "non-causal, Tq = Tk = 32, scale = 0.7",
+            kernel_case(32, 32, causal=False, scale=0.7),
+            "multiply the dot product q @ k^T by scale (the launcher passes 1/sqrt(D) when scale is None)",
+        ),
+        Property(
+            "causal mask, ragged T",
+            "causal, H = 2, Tq = Tk = 37 (not a multiple of the block)",
+            kernel_case(37, 37, heads=2, std=2**0.5),
+            "row i sees key j <= i + Tk - Tq; set hidden scores to exactly 0 with tl.where (0, not -inf: "
+            "exp(-inf - c) - exp(-c) = -exp(-c) would add |.| to the denominator)",
+        ),
+        Property(
+            "causal with Tq != Tk is bottom-right aligned",
+            "causal, Tq = 5, Tk = 40",
+            kernel_case(5, 40),
+            "offset = Tk - Tq: the last query sees every key; keys past a row's last visible key add nothing",
+        ),
+        Property(
+            "queries that see no key give zeros",
+            "causal, Tq = 20, Tk = 9: the first 11 queries see no key at all",
+            kernel_case(20, 9),
+            "a row that sees no key keeps c = 0, den = 0, acc = 0 and outputs 0 (the loop may not run at all)",
+        ),
+        Property(
+            "rows of negative scores give zeros",
+            "every score in (-3, 0), causal, T = 20",
+            lambda g: scores_case(-3 * torch.rand(20, generator=g, dtype=torch.float64) - 0.01, 20)(g),
+            "softpick gives scores <= 0 zero weight: relu(p) in the output, |p| in the denominator",
+        ),
+        Property(
+            "first key block far below zero",
+            "non-causal, keys 0-15 score -200, keys 16-39 score 2 * N(0, 1), Tq = 4 (float32)",
+            far_below,
+            "start c at 0 (tl.zeros), not at -inf: shifting by the row max m alone makes exp(-m) overflow in "
+            "the first block, and the next block's rescale gives inf * 0 = NaN",
+        ),
+        Property(
+            "stable for large scores",
+            f"causal, every query scores {LARGE_SCORES} on keys 0-5 (float32)",
+            scores_case(LARGE_SCORES, 6),
+            "exp overflows float32 above 88.7: update c = max(c, rowmax(s)) in every block and use exp(s - c_new)",
+        ),
+        Property(
+            "large hidden scores stay hidden",
+            f"causal, every query scores {LARGE_HIDDEN_SCORES} (float32): queries 0-3 cannot see the 400s",
+            scores_case(LARGE_HIDDEN_SCORES, 6),
+            "apply the causal mask to s (tl.where(visible, s, 0.0)) before the row max: a hidden 400 must not "
+            "raise c, and p * visible after exp(400) is inf * 0 = NaN",
+        ),
+    ],
+)
+
+
+def gqa_case(hq: int, hkv: int, tq: int, tk: int, std: float = 1.0, **kwargs):
+    def inputs(g: torch.Generator):
+        q, k, v = qkv(g, 1, hkv, tq, tk, D, std)
+        q = std * torch.randn(1, hq, tq, D, generator=g, dtype=torch.float64)
+        return call(*on_device(q, k, v), **kwargs)
+
+    return inputs
+
+
+def flat_state(out, shift, den) -> torch.Tensor:
+    return torch.cat([x.detach().double().cpu().flatten() for x in (out, shift, den)])
+
+
+def state_of(fn, q, k, v, **kwargs) -> torch.Tensor:
+    """fn's (out, shift, den), checked for shapes, as one float64 vector."""
+    result = fn(q, k, v, **kwargs)
+    if (
+        not isinstance(result, tuple | list)
+        or len(result) != 3
+        or not all(isinstance(x, Tensor) for x in result)
+    ):
+        raise Mismatch(f"your launcher returned {type(result).__name__}, expected a tuple (out, shift, den)")
+    rows = tuple(q.shape[:3])
+    if (
+        tuple(result[0].shape) != tuple(q.shape)
+        or tuple(result[1].shape) != rows
+        or tuple(result[2].shape) != rows
+    ):
+        got = ", ".join(str(tuple(x.shape)) for x in result)
+        raise Mismatch(f"shapes {got}, expected {tuple(q.shape)}, {rows}, {rows}")
+    return flat_state(*result)
+
+
+def reference_state(q, k, v, causal=True, scale=None) -> torch.Tensor:
+    return flat_state(
+        *online_softpick_attention(q, k, v, causal=causal, scale=scale, block_size=16, return_state=True)
+    )
+
+
+flash_forward_state = Exercise(
+    name="flash_forward_state",
+    contract="fn(q, k, v, causal=True, scale=None) -> (out, shift, den): your whole forward kernel for float32 q "
+    "[B, Hq, Tq, D], k and v [B, Hkv, Tk, D] (D = 16, Hq a multiple of Hkv), storing per row c and den for the "
+    "backward",
+    reference=reference_state,
+    observe=state_of,
+    seed=12,
+    tolerance=TOLERANCE,
+    properties=[
+        Property(
+            "out, c and den, one head",
+            "non-causal, H = 1, Tq = Tk = 32, scores about 2 N(0, 1)",
+            kernel_case(32, 32, std=2**0.5, causal=False),
+            "program (i, bh): rows i * BLOCK_M + arange, pointers Q + bh * Tq * D + rows * D + dims; after the loop "
+            "store c and den + 1e-6 * exp(-c) at Shift + bh * Tq + rows and Den + bh * Tq + rows (mask rows < Tq)",
+        ),
+        Property(
+            "every head of the batch",
+            "causal, B = 1, H = 3, Tq = Tk = 20",
+            kernel_case(20, 20, heads=3),
+            "tl.program_id(1) is b * H + h: offset Q, K, V, Out by it times T * D and Shift, Den by it times Tq",
+        ),
+        Property(
+            "grouped-query heads",
+            "causal, Hq = 4, Hkv = 2, Tq = Tk = 33",
+            gqa_case(4, 2, 33, 33),
+            "query head bh reads key/value head bh // group, group = Hq // Hkv: heads 0, 1 share key head 0 "
+            "(repeat_interleave order, not tile order)",
+        ),
+        Property(
+            "ragged, Tq != Tk, causal",
+            "causal, Hq = 2, Hkv = 1, Tq = 20, Tk = 45",
+            gqa_case(2, 1, 20, 45),
+            "mask loads with rows < Tq and cols < Tk; row i sees key j <= i + Tk - Tq",
+        ),
+        Property(
+            "rows that see no key store c = 0 and den = eps",
+            "causal, Tq = 20, Tk = 9: the first 11 queries see no key",
+            kernel_case(20, 9),
+            "a row that sees no key keeps c = 0, den = 0, acc = 0: out 0, c 0, den 1e-6",
+        ),
+        Property(
+            "stable for large scores",
+            f"causal, every query scores {LARGE_SCORES} on keys 0-5 (float32)",
+            scores_case(LARGE_SCORES, 6),
+            "c = max(c, rowmax(s)) in every block, exp(s - c_new): every term in [-1, 1]",
+        ),
+    ],
+)

@@ -1,0 +1,290 @@
+"""Plausible wrong Triton kernels for notebooks 04 and 05's checks, and right ones, for tests/test_checks.py.
+
+Each exercise's wrong kernels are one kernel with constexpr switches, each switch one mistake, run through
+the Triton interpreter on the CPU (or on the GPU when there is one) at the checks' tiny sizes. They keep
+their stores masked: an unmasked store would write past the output for real.
+"""
+
+# isort: off
+import minisoftpick.kernels  # noqa: F401  (sets TRITON_INTERPRET=1 without a GPU, before the kernels below)
+import torch
+import triton
+import triton.language as tl
+# isort: on
+
+import minisoftpick as msp
+from minisoftpick import solutions
+
+# ---- 04 softpick_rows: fn(x) -> y ----------------------------------------------------------------
+
+
+# fmt: off
+@triton.jit
+def softpick_rows_variant(X, Y, n_cols, x_row_stride, y_row_stride, BLOCK: tl.constexpr,
+                          MASK_LOAD: tl.constexpr, OTHER: tl.constexpr, DROP_MASKED: tl.constexpr, SHIFT: tl.constexpr,
+                          USE_STRIDE: tl.constexpr, RELU: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    inside = cols < n_cols
+    start = X + row * (x_row_stride if USE_STRIDE else n_cols)
+    x = tl.load(start + cols, mask=inside, other=OTHER) if MASK_LOAD else tl.load(start + cols)
+    c = tl.maximum(tl.max(x, 0), 0.0) if SHIFT else 0.0
+    p = tl.exp(x - c) - tl.exp(-c)
+    if DROP_MASKED:
+        p = tl.where(inside, p, 0.0)
+    den = tl.sum(tl.abs(p), 0) + 1e-6 * tl.exp(-c)
+    tl.store(Y + row * y_row_stride + cols, (tl.maximum(p, 0.0) if RELU else p) / den, mask=inside)
+# fmt: on
+
+
+def softpick_rows_with(
+    mask_load=True, other=float("-inf"), drop_masked=True, shift=True, use_stride=True, relu=True
+):
+    def launch(x):
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        softpick_rows_variant[(x.shape[0],)](
+            x, y, x.shape[1], x.stride(0), y.stride(0), BLOCK=triton.next_power_of_2(x.shape[1]),
+            MASK_LOAD=mask_load, OTHER=other, DROP_MASKED=drop_masked, SHIFT=shift, USE_STRIDE=use_stride, RELU=relu,
+        )  # fmt: skip
+        return y
+
+    return launch
+
+
+# ---- 04 score_tile: fn(q, k, scale) -> s -----------------------------------------------------------
+
+
+# fmt: off
+@triton.jit
+def score_tile_variant(Q, K, S, M, N, D, scale, stride_qm, stride_qd, stride_kn, stride_kd, stride_sm, stride_sn,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                       SCALE: tl.constexpr, STRIDES: tl.constexpr, MASK_DIMS: tl.constexpr,
+                       TRANSPOSE_K: tl.constexpr, BOTH_PROGRAM_IDS: tl.constexpr, ROWS_WITH_M: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (tl.program_id(1) if BOTH_PROGRAM_IDS else 0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    if not STRIDES:  # as if q and k were contiguous
+        stride_qm, stride_qd, stride_kn, stride_kd = D, 1, D, 1
+    row_end, col_end = (M, N) if ROWS_WITH_M else (N, M)
+    dims_in = dims < D if MASK_DIMS else dims < BLOCK_D
+    q = tl.load(Q + rows[:, None] * stride_qm + dims[None, :] * stride_qd,
+                mask=(rows[:, None] < row_end) & dims_in[None, :], other=0.0)
+    if TRANSPOSE_K:
+        k = tl.load(K + dims[:, None] * stride_kd + cols[None, :] * stride_kn,
+                    mask=dims_in[:, None] & (cols[None, :] < col_end), other=0.0)
+    else:  # the K tile as stored, [BLOCK_N, BLOCK_D], used as if it were K^T
+        k = tl.load(K + cols[:, None] * stride_kn + dims[None, :] * stride_kd,
+                    mask=(cols[:, None] < col_end) & dims_in[None, :], other=0.0)
+    s = tl.dot(q, k) * (scale if SCALE else 1.0)
+    tl.store(S + rows[:, None] * stride_sm + cols[None, :] * stride_sn, s,
+             mask=(rows[:, None] < M) & (cols[None, :] < N))
+# fmt: on
+
+
+def score_tile_with(
+    scale=True, strides=True, mask_dims=True, transpose_k=True, both_program_ids=True, rows_with_m=True
+):
+    def launch(q, k, s_scale):
+        (m, d), n = q.shape, k.shape[0]
+        s = torch.empty(m, n, dtype=torch.float32, device=q.device)
+        score_tile_variant[(triton.cdiv(m, 16), triton.cdiv(n, 16))](
+            q, k, s, m, n, d, s_scale, *q.stride(), *k.stride(), *s.stride(),
+            BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, triton.next_power_of_2(d)), SCALE=scale, STRIDES=strides,
+            MASK_DIMS=mask_dims, TRANSPOSE_K=transpose_k, BOTH_PROGRAM_IDS=both_program_ids, ROWS_WITH_M=rows_with_m,
+        )  # fmt: skip
+        return s
+
+    return launch
+
+
+# ---- 05 flash_forward: fn(q, k, v, causal=True, scale=None) -> out ---------------------------------
+
+MASK_SCORES, MASK_BY_MULTIPLYING, MASK_AFTER_THE_MAX = 0, 1, 2  # how the variant hides causal keys
+
+
+# fmt: off
+@triton.jit
+def flash_forward_variant(Q, K, V, Out, scale, q_len, kv_len,
+                          HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          RESCALE_DEN: tl.constexpr, RESCALE_ACC: tl.constexpr, C_START: tl.constexpr,
+                          HIDDEN_SCORE: tl.constexpr, SCALE: tl.constexpr, INCLUSIVE: tl.constexpr,
+                          SHIFT: tl.constexpr, MASKING: tl.constexpr):
+    first_row = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1)
+    Q += head * q_len * HEAD_DIM
+    Out += head * q_len * HEAD_DIM
+    K += head * kv_len * HEAD_DIM
+    V += head * kv_len * HEAD_DIM
+    rows = first_row + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + rows[:, None] * HEAD_DIM + dims[None, :], mask=rows[:, None] < q_len, other=0.0)
+    c = tl.zeros([BLOCK_M], tl.float32) + C_START
+    den = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    offset = kv_len - q_len
+    for first_col in range(0, kv_len, BLOCK_N):  # every block: the mask alone must hide the causal ones
+        cols = first_col + tl.arange(0, BLOCK_N)
+        k = tl.load(K + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        v = tl.load(V + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        if SCALE:
+            s = s * scale
+        visible = cols[None, :] < kv_len + rows[:, None] * 0  # every loaded key, when not causal
+        if CAUSAL:
+            if INCLUSIVE:
+                visible = cols[None, :] <= rows[:, None] + offset
+            else:
+                visible = cols[None, :] < rows[:, None] + offset
+        masked = tl.where(visible, s, HIDDEN_SCORE)
+        if MASKING == 0:
+            s = masked
+        c_new = c
+        if SHIFT:
+            c_new = tl.maximum(c, tl.max(masked if MASKING == 1 else s, 1))
+        r = tl.exp(c - c_new)
+        p = tl.exp(s - c_new[:, None]) - tl.exp(-c_new)[:, None]
+        if MASKING == 1:
+            p = p * visible
+        if MASKING == 2:
+            p = tl.where(visible, p, 0.0)
+        den = (den * r if RESCALE_DEN else den) + tl.sum(tl.abs(p), 1)
+        acc = (acc * r[:, None] if RESCALE_ACC else acc) + tl.dot(tl.maximum(p, 0.0), v, input_precision="ieee")
+        c = c_new
+    den += 1e-6 * tl.exp(-c)
+    tl.store(Out + rows[:, None] * HEAD_DIM + dims[None, :], acc / den[:, None], mask=rows[:, None] < q_len)
+# fmt: on
+
+
+def flash_forward_with(rescale_den=True, rescale_acc=True, c_start=0.0, hidden_score=0.0, scale_scores=True,
+                       inclusive=True, shift=True, masking=MASK_SCORES):  # fmt: skip
+    def launch(q, k, v, causal=True, scale=None):
+        b, h, tq, d = q.shape
+        out = torch.empty_like(q)
+        flash_forward_variant[(triton.cdiv(tq, 16), b * h)](
+            q, k, v, out, d**-0.5 if scale is None else scale, tq, k.shape[2],
+            HEAD_DIM=d, CAUSAL=causal, BLOCK_M=16, BLOCK_N=16, RESCALE_DEN=rescale_den, RESCALE_ACC=rescale_acc,
+            C_START=c_start, HIDDEN_SCORE=hidden_score, SCALE=scale_scores, INCLUSIVE=inclusive, SHIFT=shift,
+            MASKING=masking,
+        )  # fmt: skip
+        return out
+
+    return launch
+
+
+def tiled_gqa(q, k, v, causal=True, scale=None):
+    """Grouped-query heads in tile order (head h reads key head h % Hkv) instead of repeat_interleave order."""
+    group = q.shape[1] // k.shape[1]
+    return solutions.flash_forward_state(q, k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1), causal, scale)
+
+
+def state_with(out=None, shift=None, den=None):
+    """The solution's (out, shift, den) with one of them replaced by a function of (q, k, v, causal, scale, state)."""
+
+    def launch(q, k, v, causal=True, scale=None):
+        state = solutions.flash_forward_state(q, k, v, causal, scale)
+        parts = (out, shift, den)
+        return tuple(state[i] if f is None else f(q, k, v, causal, scale, state) for i, f in enumerate(parts))
+
+    return launch
+
+
+WRONG = {
+    "softpick_rows": [
+        (softpick_rows_with(relu=False), "matches softpick, n_cols a power of two"),
+        (softpick_rows_with(shift=False), "stable for large scores"),
+        (softpick_rows_with(drop_masked=False), "masked columns stay out of the denominator"),
+        (softpick_rows_with(mask_load=False), "ragged rows read only their own columns"),
+        (softpick_rows_with(use_stride=False), "any row stride"),
+        (lambda x: torch.softmax(x, -1), "matches softpick, n_cols a power of two"),
+        (lambda x: msp.softpick(x).double(), "shape and dtype"),
+    ],
+    "score_tile": [
+        (score_tile_with(transpose_k=False), "one tile, S = Q @ K^T"),
+        (score_tile_with(scale=False), "scores multiplied by scale"),
+        (score_tile_with(both_program_ids=False), "every tile of the grid"),
+        (score_tile_with(rows_with_m=False), "ragged M and N"),
+        (score_tile_with(mask_dims=False), "D not a power of two"),
+        (score_tile_with(strides=False), "any strides"),
+        (lambda q, k, scale: (q @ k.T * scale).double(), "shape and dtype"),
+    ],
+    "flash_forward": [
+        (
+            flash_forward_with(rescale_den=False, rescale_acc=False),
+            "matches naive attention, several key blocks",
+        ),
+        (flash_forward_with(rescale_acc=False), "matches naive attention, several key blocks"),
+        (flash_forward_with(rescale_den=False), "matches naive attention, several key blocks"),
+        (flash_forward_with(scale_scores=False), "matches naive attention, several key blocks"),
+        (flash_forward_with(hidden_score=float("-inf")), "causal mask, ragged T"),
+        (flash_forward_with(inclusive=False), "causal mask, ragged T"),
+        (flash_forward_with(c_start=float("-inf")), "first key block far below zero"),
+        (flash_forward_with(shift=False), "stable for large scores"),
+        (flash_forward_with(masking=MASK_BY_MULTIPLYING), "large hidden scores stay hidden"),
+        (flash_forward_with(masking=MASK_AFTER_THE_MAX), "large hidden scores stay hidden"),
+        (
+            lambda q, k, v, causal=True, scale=None: solutions.flash_forward(q, k, v, causal, 0.25),
+            "uses scale",
+        ),
+        (
+            lambda q, k, v, causal=True, scale=None: solutions.flash_forward(q, k, v, causal, scale).double(),
+            "shape and dtype",
+        ),
+        (lambda q, k, v, causal=True: solutions.flash_forward(q, k, v, causal), "signature"),
+    ],
+}
+
+
+def padded_as_minus_inf(q, k, scale):
+    """Keys past N loaded as -inf (softmax's habit): each adds |exp(-inf - c) - exp(-c)| to the denominator."""
+    s = solutions.score_tile(q, k, scale)
+    pad = torch.full(
+        (s.shape[0], triton.next_power_of_2(s.shape[1]) - s.shape[1]), float("-inf"), device=s.device
+    )
+    return msp.softpick(torch.cat([s, pad], 1))[:, : s.shape[1]]
+
+
+def unshifted_weights(q, k, scale):
+    e = torch.exp(solutions.score_tile(q, k, scale)) - 1
+    return torch.relu(e) / (e.abs().sum(-1, keepdim=True) + 1e-6)
+
+
+WRONG["attention_weights"] = [
+    (
+        lambda q, k, scale: torch.softmax(solutions.score_tile(q, k, scale), -1),
+        "one tile: softpick of the scaled scores",
+    ),
+    (
+        lambda q, k, scale: solutions.softpick_rows(solutions.score_tile(q, k, 1.0)),
+        "one tile: softpick of the scaled scores",
+    ),
+    (padded_as_minus_inf, "ragged keys: N not a power of two"),
+    (unshifted_weights, "stable for large scores"),
+    (lambda q, k, scale: solutions.attention_weights(q, k, scale).double(), "shape and dtype"),
+]
+
+WRONG["flash_forward_state"] = [
+    (tiled_gqa, "grouped-query heads"),
+    (state_with(shift=lambda *args: torch.zeros_like(args[-1][1])), "out, c and den, one head"),
+    (state_with(den=lambda *args: torch.ones_like(args[-1][2])), "out, c and den, one head"),
+    (state_with(shift=lambda *args: args[-1][1][:, :1].expand_as(args[-1][1])), "every head of the batch"),
+    (state_with(out=lambda q, k, v, causal, scale, state: flash_forward_with(rescale_acc=False)(q, k, v, causal, scale)),
+     "out, c and den, one head"),
+    (lambda q, k, v, causal=True, scale=None: solutions.flash_forward(q, k, v, causal, scale), "out, c and den, one head"),
+]  # fmt: skip
+
+RIGHT = {
+    "softpick_rows": [
+        solutions.softpick_rows,
+        softpick_rows_with(),
+        softpick_rows_with(other=0.0, drop_masked=False),  # a 0 score adds exp(0 - c) - exp(-c) = 0
+        lambda x: msp.softpick(x),
+    ],
+    "score_tile": [solutions.score_tile, score_tile_with(), lambda q, k, scale: q @ k.T * scale],
+    # the variant visits the causal blocks past the diagonal too: only slower
+    "flash_forward": [solutions.flash_forward, flash_forward_with()],
+    "flash_forward_state": [solutions.flash_forward_state],
+    "attention_weights": [
+        solutions.attention_weights,
+        lambda q, k, scale: solutions.softpick_rows(solutions.score_tile(q, k, scale)),
+    ],
+}
