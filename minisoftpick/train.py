@@ -157,42 +157,6 @@ PRESETS = {
         eval_batches=40,
         checkpoint_interval=500,
     ),
-    # The GPU study of sinks and massive activations (experiments/study.sh, results/study/): the gpu
-    # preset trained longer, logging sinks and activations every probe_interval steps.
-    "study": TrainConfig(
-        preset="study",
-        n_layers=6,
-        n_heads=4,
-        d_model=256,
-        seq_len=512,
-        batch_size=32,
-        max_steps=STUDY_STEPS,
-        lr=1e-3,
-        min_lr=1e-4,
-        warmup_steps=100,
-        eval_interval=250,
-        eval_batches=40,
-        checkpoint_interval=500,
-        probe_interval=250,
-    ),
-    # The study's larger size: 8 layers x d_model 512 (25.7M parameters, head_dim 64), 5x the compute
-    # per step, so half the steps.
-    "study_large": TrainConfig(
-        preset="study_large",
-        n_layers=8,
-        n_heads=8,
-        d_model=512,
-        seq_len=512,
-        batch_size=32,
-        max_steps=STUDY_STEPS // 2,
-        lr=1e-3,
-        min_lr=1e-4,
-        warmup_steps=100,
-        eval_interval=250,
-        eval_batches=40,
-        checkpoint_interval=500,
-        probe_interval=250,
-    ),
     # Passkey retrieval (minisoftpick.synthetic) at 256 tokens, for the long-context notebook; tested
     # on longer contexts. (1500 steps of 32 x 512 tokens left all three normalizers at chance.)
     "passkey": TrainConfig(
@@ -235,6 +199,15 @@ PRESETS = {
         probe_interval=100,
     ),
 }
+# The GPU study of sinks and massive activations (experiments/study.sh, results/study/): the gpu
+# preset trained longer, logging sinks and activations every probe_interval steps; and its larger
+# size, 8 layers x d_model 512 (25.7M parameters, head_dim 64), 5x the compute per step, so half the steps.
+PRESETS["study"] = dataclasses.replace(
+    PRESETS["gpu"], preset="study", max_steps=STUDY_STEPS, probe_interval=250
+)
+PRESETS["study_large"] = dataclasses.replace(
+    PRESETS["study"], preset="study_large", n_layers=8, n_heads=8, d_model=512, max_steps=STUDY_STEPS // 2
+)
 
 
 def preset(name: str, **overrides) -> TrainConfig:

@@ -41,18 +41,20 @@ def module_of(exercise: str) -> str:
     return EXERCISES[exercise][3:]
 
 
-def __getattr__(name: str):
+def load_exercise(name: str, package: str, namespace: dict):
+    """``name`` from ``package``'s module of its notebook (checks or solutions), loaded on first use;
+    every exercise of that notebook is put into ``namespace`` (one may share the module's name)."""
     if name not in EXERCISES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f".{module_of(name)}", __name__)
-    for (
-        other,
-        notebook,
-    ) in EXERCISES.items():  # every exercise of the notebook: one may share the module's name
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{module_of(name)}", package)
+    for other, notebook in EXERCISES.items():
         if notebook == EXERCISES[name]:
-            globals()[other] = getattr(module, other)
-    exercise = globals()[name]
-    return exercise
+            namespace[other] = getattr(module, other)
+    return namespace[name]
+
+
+def __getattr__(name: str):
+    return load_exercise(name, __name__, globals())
 
 
 def __dir__() -> list[str]:

@@ -5,23 +5,11 @@ way the package does, and the checks in ``minisoftpick.checks`` accept them. The
 (the kernel notebooks' modules define Triton kernels, which need TRITON_INTERPRET set first).
 """
 
-import importlib
-
-from ..checks import EXERCISES, module_of
+from ..checks import EXERCISES, load_exercise
 
 
 def __getattr__(name: str):
-    if name not in EXERCISES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f".{module_of(name)}", __name__)
-    for (
-        other,
-        notebook,
-    ) in EXERCISES.items():  # every exercise of the notebook: one may share the module's name
-        if notebook == EXERCISES[name]:
-            globals()[other] = getattr(module, other)
-    solution = globals()[name]
-    return solution
+    return load_exercise(name, __name__, globals())
 
 
 def __dir__() -> list[str]:
