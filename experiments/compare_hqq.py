@@ -5,7 +5,7 @@ transformers, so it is not a dependency; its quantizer runs on a CPU from the un
 
     pip download --no-deps hqq==0.2.8.post1 && tar xzf hqq-0.2.8.post1.tar.gz
     pip install --target /tmp/hqq-extra termcolor
-    PYTHONPATH=hqq-0.2.8.post1:/tmp/hqq-extra python experiments/compare_hqq.py results/gpu_runs/lm-softmax.pt
+    PYTHONPATH=hqq-0.2.8.post1:/tmp/hqq-extra python experiments/compare_hqq.py results/study/study-softmax.pt
 
 For every linear layer (lm_head excepted) and 4, 3 and 2 bits, group 64: the mean |w - w_hat| of
 RTN, of the library's HQQ (Quantizer.quantize with optimize=True, then dequantize) and of ours,

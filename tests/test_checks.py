@@ -417,6 +417,55 @@ LR_WRONG = [
 ]
 LR_RIGHT = [solutions.learning_rate, train.learning_rate, schedule_with()]
 
+# ---- 08 bos_attention: fn(w, queries) -> [H] -------------------------------------------------------
+
+
+def bos_attention_with(to_bos=lambda w: w[..., 0], selected=lambda queries: queries, pooled=True):
+    def bos_attention(w, queries):
+        values, chosen = to_bos(w).double(), selected(queries)[:, None].double()  # [B, H, T], [B, 1, T]
+        if pooled:
+            return (values * chosen).sum(dim=(0, 2)) / chosen.sum()
+        return ((values * chosen).sum(-1) / chosen.sum(-1)).mean(0)
+
+    return bos_attention
+
+
+BOS_WRONG = [
+    (bos_attention_with(selected=lambda queries: torch.ones_like(queries)), "only the selected queries"),
+    (
+        bos_attention_with(to_bos=lambda w: (w / w.sum(-1, keepdim=True))[..., 0].nan_to_num()),
+        "rows as they are, not renormalised",
+    ),
+    (bos_attention_with(pooled=False), "pooled over the batch"),
+    (bos_attention_with(to_bos=lambda w: w[..., -1]), "the weight on key 0"),
+    (bos_attention_with(to_bos=lambda w: w[..., 0, :]), "the weight on key 0"),
+    (lambda w, queries: metrics.bos_attention(w, queries).mean(), "one number per head"),
+]
+BOS_RIGHT = [solutions.bos_attention, metrics.bos_attention, bos_attention_with()]
+
+# ---- 08 first_token_norm_ratio: fn(states) -> [...] -------------------------------------------------
+
+
+def norm_ratio_with(norm=lambda s: s.norm(dim=-1), others=lambda n: n[..., 1:].mean(-1), ratio_of_means=True):
+    def first_token_norm_ratio(states):
+        norms = norm(states.double())  # [B, ..., T]
+        if ratio_of_means:
+            return norms[..., 0].mean(0) / others(norms).mean(0)
+        return (norms[..., 0] / others(norms)).mean(0)
+
+    return first_token_norm_ratio
+
+
+NORM_RATIO_WRONG = [
+    (norm_ratio_with(norm=lambda s: s.pow(2).sum(-1)), "the L2 norm of each position's state"),
+    (norm_ratio_with(norm=lambda s: s.abs().sum(-1)), "the L2 norm of each position's state"),
+    (norm_ratio_with(others=lambda n: n.mean(-1)), "over the other positions' mean"),
+    (norm_ratio_with(others=lambda n: n[..., -1]), "over the other positions' mean"),
+    (norm_ratio_with(ratio_of_means=False), "averaged over the batch before dividing"),
+    (lambda states: metrics.first_token_norm_ratio(states).mean(), "one ratio per head"),
+]
+NORM_RATIO_RIGHT = [solutions.first_token_norm_ratio, metrics.first_token_norm_ratio, norm_ratio_with()]
+
 # ---- 08 sink_rate: fn(weights, threshold=0.3); kurtosis: fn(x) -----------------------------------
 
 
@@ -536,6 +585,8 @@ WRONG = {
     "softpick_score_grad": SCORE_GRAD_WRONG,
     "attention_roofline": ROOFLINE_WRONG,
     "learning_rate": LR_WRONG,
+    "bos_attention": BOS_WRONG,
+    "first_token_norm_ratio": NORM_RATIO_WRONG,
     "sink_rate": SINK_WRONG,
     "kurtosis": KURTOSIS_WRONG,
     "quantize_rtn": RTN_WRONG,
@@ -554,6 +605,8 @@ RIGHT = {
     "softpick_score_grad": SCORE_GRAD_RIGHT,
     "attention_roofline": ROOFLINE_RIGHT,
     "learning_rate": LR_RIGHT,
+    "bos_attention": BOS_RIGHT,
+    "first_token_norm_ratio": NORM_RATIO_RIGHT,
     "sink_rate": SINK_RIGHT,
     "kurtosis": KURTOSIS_RIGHT,
     "quantize_rtn": RTN_RIGHT,

@@ -212,7 +212,15 @@ def test_the_registry_views_kept_under_their_old_names(registered):
     assert "mine_test" in model_module.PARAMETRIC_ATTENTIONS and "mine_test" in model_module.KERNEL_ATTENTIONS
 
 
-COMMITTED = sorted((Path(__file__).parents[1] / "results" / "gpu_runs").glob("*.pt"))
+RESULTS = Path(__file__).parents[1] / "results"
+STUDY = RESULTS / "study"  # the GPU study's seed-0 weights, trained with BOS (notebooks 07-10)
+COMMITTED = sorted([*STUDY.glob("*.pt"), *(RESULTS / "gpu_runs").glob("*.pt")])
+
+
+def test_the_study_checkpoints_are_committed():
+    assert {p.stem for p in STUDY.glob("*.pt")} == {
+        f"study-{a}" for a in ("softmax", "softpick", "sink", "scaled_softpick")
+    }
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
@@ -226,7 +234,7 @@ def test_committed_checkpoints_keep_their_parameter_names_and_shapes(path):
 @pytest.mark.parametrize(("attention", "parameter"), [("sink", "sink"), ("scaled_softpick", "query_scale")])
 def test_committed_per_head_parameters_are_used(attention, parameter):
     """The learned sink logits and query scales of the committed runs reach the logits."""
-    model = load_checkpoint(Path(__file__).parents[1] / "results" / "gpu_runs" / f"lm-{attention}.pt")
+    model = load_checkpoint(STUDY / f"study-{attention}.pt")
     idx = torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(idx)
@@ -236,11 +244,14 @@ def test_committed_per_head_parameters_are_used(attention, parameter):
 
 @pytest.mark.skipif(not (DATA_DIR / "meta.json").exists(), reason="run `make data` first")
 def test_a_committed_checkpoint_reproduces_its_logged_validation_loss():
-    """Two batches of four windows (the run used 20 of 16): the logged loss within that sample's noise."""
-    runs = Path(__file__).parents[1] / "results" / "gpu_runs"
-    logged = [json.loads(line) for line in (runs / "lm-scaled_softpick.jsonl").read_text().splitlines()]
+    """Two batches of four BOS-first windows (the run used 40 of 32): the logged loss within that sample's noise."""
+    logged = [
+        json.loads(line)
+        for line in (STUDY / "logs" / "study-scaled_softpick-s0.jsonl").read_text().splitlines()
+    ]
     final = [row["val_loss"] for row in logged if row["val_loss"] is not None][-1]
-    model = load_checkpoint(runs / "lm-scaled_softpick.pt")
+    model = load_checkpoint(STUDY / "study-scaled_softpick.pt")
+    assert model.config.bos_id is not None  # evaluate puts BOS in front of every window, as in training
     with torch.no_grad():
         loss = evaluate(model, load_tokens("val"), batch_size=4, max_batches=2)
     assert abs(loss - final) < 0.15

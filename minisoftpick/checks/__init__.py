@@ -30,6 +30,8 @@ EXERCISES = {
     "softpick_score_grad": "06_flash_backward",
     "attention_roofline": "06_flash_backward",
     "learning_rate": "07_training",
+    "bos_attention": "08_sinks_and_activations",
+    "first_token_norm_ratio": "08_sinks_and_activations",
     "sink_rate": "08_sinks_and_activations",
     "kurtosis": "08_sinks_and_activations",
     "quantize_rtn": "09_quantization",
