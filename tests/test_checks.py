@@ -388,6 +388,47 @@ ROOFLINE_WRONG = [
 ]
 ROOFLINE_RIGHT = [solutions.attention_roofline, roofline_with()]
 
+# ---- 07 count_params: fn(c) -> int -------------------------------------------------------------------
+
+
+def count_with(
+    *,
+    vocab=lambda c: c.vocab_size,
+    tied=False,
+    kv_heads=lambda c: c.n_kv_heads,
+    mlp=lambda c: 3 * c.d_model * c.ffn_hidden,
+    final_norm=True,
+    scalars=lambda c: c.n_heads if c.attention in ("sink", "scaled_softpick") else 0,
+):
+    """The parameter count with one plausible mistake switched on."""
+
+    def count_params(c):
+        attention = 2 * c.n_heads * c.head_dim * c.d_model + 2 * kv_heads(c) * c.head_dim * c.d_model
+        block = attention + mlp(c) + 2 * c.d_model + scalars(c)
+        head = 0 if tied else c.d_model * vocab(c)
+        return vocab(c) * c.d_model + c.n_layers * block + (c.d_model if final_norm else 0) + head
+
+    return count_params
+
+
+COUNT_WRONG = [
+    (count_with(tied=True), "a dense softmax model: embedding, blocks, final norm, head"),
+    (
+        count_with(mlp=lambda c: 2 * 4 * c.d_model**2),
+        "a dense softmax model: embedding, blocks, final norm, head",
+    ),
+    (count_with(final_norm=False), "a dense softmax model: embedding, blocks, final norm, head"),
+    (count_with(kv_heads=lambda c: c.n_heads), "grouped-query attention: W_k and W_v have n_kv_heads heads"),
+    (count_with(scalars=lambda c: 0), "per-head scalars of sink and scaled_softpick"),
+    (
+        count_with(scalars=lambda c: c.n_heads if c.attention == "sink" else 0),
+        "per-head scalars of sink and scaled_softpick",
+    ),
+    (count_with(vocab=lambda c: 85), "every preset and attention"),
+    (lambda c: float(count_with()(c)), "returns an int"),
+]
+COUNT_RIGHT = [solutions.count_params, count_with(), lambda c: msp.model.Transformer(c).num_params()]
+
 # ---- 07 learning_rate: fn(cfg, step) --------------------------------------------------------------
 
 
@@ -416,6 +457,47 @@ LR_WRONG = [
     (lambda cfg, step: str(cfg.lr), "warmup rises linearly from lr / warmup_steps"),
 ]
 LR_RIGHT = [solutions.learning_rate, train.learning_rate, schedule_with()]
+
+# ---- 07 clip_grad_norm: fn(params, max_norm) -> total norm --------------------------------------------
+
+
+def clip_with(
+    *,
+    norm=lambda grads: torch.sqrt(sum((g**2).sum() for g in grads)),
+    cap=True,
+    in_place=True,
+    per_parameter=False,
+    returns="before",
+):
+    """Gradient clipping with one plausible mistake switched on."""
+
+    def clip_grad_norm(params, max_norm):
+        grads = [p.grad for p in params]
+        total = norm(grads)
+        for p in params:
+            own = p.grad.norm() if per_parameter else total
+            factor = max_norm / (own + 1e-6)
+            factor = factor.clamp(max=1.0) if cap else factor
+            if in_place:
+                p.grad.mul_(factor)
+            else:
+                grad = p.grad
+                grad = grad * factor  # noqa: F841 (the mistake: rebinds a name, p.grad is unchanged)
+        return norm(grads) if returns == "after" else total
+
+    return clip_grad_norm
+
+
+CLIP_WRONG = [
+    (clip_with(returns="after"), "returns the norm before clipping"),
+    (clip_with(norm=lambda grads: sum(g.norm() for g in grads)), "one L2 norm over every gradient"),
+    (clip_with(norm=lambda grads: sum(g.abs().sum() for g in grads)), "one L2 norm over every gradient"),
+    (clip_with(cap=False), "small gradients are left alone"),
+    (clip_with(in_place=False), "scales p.grad in place"),
+    (clip_with(per_parameter=True), "one factor for every gradient"),
+    (lambda params, max_norm: None, "returns the norm before clipping"),
+]
+CLIP_RIGHT = [solutions.clip_grad_norm, torch.nn.utils.clip_grad_norm_, clip_with()]
 
 # ---- 08 bos_attention: fn(w, queries) -> [H] -------------------------------------------------------
 
@@ -584,7 +666,9 @@ WRONG = {
     "online_softpick_attention": ONLINE_WRONG,
     "softpick_score_grad": SCORE_GRAD_WRONG,
     "attention_roofline": ROOFLINE_WRONG,
+    "count_params": COUNT_WRONG,
     "learning_rate": LR_WRONG,
+    "clip_grad_norm": CLIP_WRONG,
     "bos_attention": BOS_WRONG,
     "first_token_norm_ratio": NORM_RATIO_WRONG,
     "sink_rate": SINK_WRONG,
@@ -604,7 +688,9 @@ RIGHT = {
     "online_softpick_attention": ONLINE_RIGHT,
     "softpick_score_grad": SCORE_GRAD_RIGHT,
     "attention_roofline": ROOFLINE_RIGHT,
+    "count_params": COUNT_RIGHT,
     "learning_rate": LR_RIGHT,
+    "clip_grad_norm": CLIP_RIGHT,
     "bos_attention": BOS_RIGHT,
     "first_token_norm_ratio": NORM_RATIO_RIGHT,
     "sink_rate": SINK_RIGHT,
