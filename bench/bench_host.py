@@ -6,8 +6,9 @@ On inputs so small that each launch finishes on the GPU before the host issues t
 H = 2, T = 64, D = 64, bf16), the wall time of many calls divided by their number is the host's
 time per call. Measured: one tiny PyTorch op (how fast this host is), the input checks, the
 kernel's forward launch alone, flash_softpick_attention forward and forward+backward, and SDPA's
-flash and cuDNN backends the same way. Then Python's profiler over forward+backward calls of the
-kernel, the functions that took the most of their own time: where the host time goes.
+flash and cuDNN backends the same way. Then Python's profiler, the functions that took the most of
+their own time, over forward+backward calls of the kernel and over training steps of
+bench_train_step.py's smaller model with each normalizer: where the host time goes.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_attention import CUDNN, FA2, KERNEL, METHODS, default_out, machine_report, write_json  # noqa: E402
+from bench_train_step import ATTENTIONS, SIZES, WARMUP_STEPS, training_step  # noqa: E402
 
 from minisoftpick.attention import check_attention_inputs  # noqa: E402
 from minisoftpick.kernels import flash_softpick  # noqa: E402
 from minisoftpick.normalizers import DEFAULT_EPS  # noqa: E402
 
 SHAPE = (1, 2, 64, 64)  # B, H, T, D
-CALLS, PROFILED_CALLS = 2000, 300
+CALLS, PROFILED_CALLS, PROFILED_STEPS = 2000, 300, 5
 
 
 def per_call_us(run, calls: int = CALLS) -> float:
@@ -45,7 +47,7 @@ def per_call_us(run, calls: int = CALLS) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
-def profile(run, calls: int = PROFILED_CALLS, top: int = 15) -> str:
+def profile(run, calls: int = PROFILED_CALLS, top: int = 20) -> str:
     """The `top` functions by own time over `calls` calls of run(), as pstats prints them."""
     profiler = cProfile.Profile()
     profiler.enable()
@@ -90,12 +92,23 @@ def main() -> None:
     for name, run in runs.items():
         results[name] = per_call_us(run)
         print(f"{results[name]:9.1f} us per call  {name}")
-    hot = profile(fwd_bwd(KERNEL))
-    print(f"\nPython profile of {PROFILED_CALLS} kernel forward+backward calls, by own time:\n{hot}")
+    hot = {"kernel forward+backward": profile(fwd_bwd(KERNEL))}
+    print(
+        f"\nPython profile of {PROFILED_CALLS} kernel forward+backward calls, by own time:\n{hot['kernel forward+backward']}"
+    )
+    size_name, size = next(iter(SIZES.items()))
+    for attention in ATTENTIONS:
+        _, train_step = training_step(size, attention)
+        for _ in range(WARMUP_STEPS):
+            train_step()
+        torch.cuda.synchronize()
+        name = f"{attention} training step, {size_name}"
+        hot[name] = profile(train_step, calls=PROFILED_STEPS)
+        print(f"\nPython profile of {PROFILED_STEPS} steps, {name}, by own time:\n{hot[name]}")
     report = machine_report()
     report["setup"] = dict(shape_bhtd=SHAPE, dtype="bfloat16", causal=True, calls=CALLS)
     report["results_us_per_call"] = results
-    report["profile_kernel_forward_backward"] = hot
+    report["python_profiles"] = hot
     write_json(Path(args.out or default_out("bench_host")).with_suffix(".json"), report)
 
 

@@ -96,8 +96,8 @@ def capture(step) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def measure(size: dict, attention: str) -> dict:
-    """One row of the table: the step's times three ways, its parameter count, backend, kernels."""
+def training_step(size: dict, attention: str):
+    """The model of this size and normalizer on the GPU, and a function doing one training step."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig(seq_len=SEQ_LEN, attention=attention, **size)).cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=True)
@@ -113,6 +113,12 @@ def measure(size: dict, attention: str) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return model, train_step
+
+
+def measure(size: dict, attention: str) -> dict:
+    """One row of the table: the step's times three ways, its parameter count, backend, kernels."""
+    model, train_step = training_step(size, attention)
     for _ in range(WARMUP_STEPS):
         train_step()
     step_ms, host_ms = timed(train_step)
@@ -125,7 +131,7 @@ def measure(size: dict, attention: str) -> dict:
         graphed_ms, graph_error = None, str(error).splitlines()[0]
     return dict(
         attention=attention,
-        backend=model.blocks[0].attn.backend("auto", False, x.device),
+        backend=model.blocks[0].attn.backend("auto", False, torch.device("cuda")),
         params=model.num_params(),
         step_ms=step_ms,
         tokens_per_s=BATCH * SEQ_LEN / (step_ms / 1e3),

@@ -398,7 +398,8 @@ def _autotune(tiles: KernelTiles):
 
 
 # Measured on an H200 (bench/bench_tiles.py, bench/NOTES.md): the 8-warp tiles with 2 stages are the
-# head dim 256 winners (dQ's and dK/dV's 128 x 32 there); dK/dV's 64 x 64 with 2 stages won at 64 and 128.
+# head dim 256 winners (dQ's 128 x 32, dK/dV's 128 x 32 and 64 x 32 there); dK/dV's 64 x 64 with 2 stages
+# won at 64 and 128.
 FORWARD_TILES = KernelTiles(
     safe=Tile(64, 32, 4, 1),
     tuned=(
@@ -432,6 +433,7 @@ DKDV_TILES = KernelTiles(
         Tile(64, 128, 8, 3, key_rows=False),
         Tile(128, 64, 8, 2, key_rows=False),
         Tile(128, 32, 8, 2, key_rows=False),
+        Tile(64, 32, 4, 2, key_rows=False),
     ),
 )
 forward_kernel = _autotune(FORWARD_TILES)(_forward_kernel)
