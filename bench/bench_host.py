@@ -5,8 +5,9 @@
 On inputs so small that each launch finishes on the GPU before the host issues the next (B = 1,
 H = 2, T = 64, D = 64, bf16), the wall time of many calls divided by their number is the host's
 time per call. Measured: one tiny PyTorch op (how fast this host is), the input checks, the
-kernel's forward launch alone, flash_softpick_attention forward and forward+backward, and SDPA's
-flash and cuDNN backends the same way. Then Python's profiler, the functions that took the most of
+kernel's forward launch alone and its backward launches alone (called directly, no autograd),
+flash_softpick_attention forward and forward+backward, SDPA's flash and cuDNN backends the same
+way, and an identity autograd.Function with a Python backward (what any Python backward costs). Then Python's profiler, the functions that took the most of
 their own time, over forward+backward calls of the kernel and over training steps of
 bench_train_step.py's smaller model with each normalizer: where the host time goes.
 """
@@ -32,6 +33,20 @@ from minisoftpick.kernels import flash_softpick  # noqa: E402
 from minisoftpick.normalizers import DEFAULT_EPS  # noqa: E402
 
 SHAPE = (1, 2, 64, 64)  # B, H, T, D
+
+
+class Identity(torch.autograd.Function):
+    """out = q, with a backward written in Python, as the kernel's is."""
+
+    @staticmethod
+    def forward(ctx, q):
+        return q.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 CALLS, PROFILED_CALLS, PROFILED_STEPS = 2000, 300, 5
 
 
@@ -78,11 +93,20 @@ def main() -> None:
     def fwd_bwd(method):
         return lambda: torch.autograd.grad(METHODS[method](q, k, v, True), (q, k, v), dout)
 
+    out, shift, den = flash_softpick.softpick_attention_forward(
+        q.detach(), k.detach(), v.detach(), True, scale, DEFAULT_EPS
+    )
     runs = {
         "torch.add (one small op)": lambda: torch.add(dout, 1.0),
         "check_attention_inputs": lambda: check_attention_inputs(q, k, v),
         "kernel forward launch alone": lambda: flash_softpick.softpick_attention_forward(
             q.detach(), k.detach(), v.detach(), True, scale, DEFAULT_EPS
+        ),
+        "kernel backward launches alone": lambda: flash_softpick.softpick_attention_backward(
+            q.detach(), k.detach(), v.detach(), out, shift, den, dout, True, scale
+        ),
+        "identity autograd.Function forward+backward": lambda: torch.autograd.grad(
+            Identity.apply(q), q, dout
         ),
     }
     for method in (KERNEL, FA2, CUDNN):
