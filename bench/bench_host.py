@@ -7,7 +7,8 @@ H = 2, T = 64, D = 64, bf16), the wall time of many calls divided by their numbe
 time per call. Measured: one tiny PyTorch op (how fast this host is), the input checks, the
 kernel's forward launch alone and its backward launches alone (called directly, no autograd),
 flash_softpick_attention forward and forward+backward, SDPA's flash and cuDNN backends the same
-way, and an identity autograd.Function with a Python backward (what any Python backward costs). Then Python's profiler, the functions that took the most of
+way, an identity autograd.Function with a Python backward (what any Python backward costs), and
+forward+backward with autograd's multithreading off (the backward on the calling thread). Then Python's profiler, the functions that took the most of
 their own time, over forward+backward calls of the kernel and over training steps of
 bench_train_step.py's smaller model with each normalizer: where the host time goes.
 """
@@ -112,6 +113,16 @@ def main() -> None:
     for method in (KERNEL, FA2, CUDNN):
         runs[f"{method} forward"] = fwd(method)
         runs[f"{method} forward+backward"] = fwd_bwd(method)
+
+    def on_this_thread(run):  # autograd runs CUDA backward functions on its device thread by default
+        def run_here():
+            with torch.autograd.set_multithreading_enabled(False):
+                return run()
+
+        return run_here
+
+    runs[f"{KERNEL} forward+backward, backward on the calling thread"] = on_this_thread(fwd_bwd(KERNEL))
+    runs[f"{CUDNN} forward+backward, backward on the calling thread"] = on_this_thread(fwd_bwd(CUDNN))
     results = {}
     for name, run in runs.items():
         results[name] = per_call_us(run)
