@@ -4,7 +4,8 @@ softpick through the Triton kernel against softmax through torch SDPA.
     python bench/bench_train_step.py [--out results/bench_train_step_h200]
 
 minisoftpick.model.Transformer at T = 2048 with 16384 tokens per step (B = 8), bf16 autocast and
-fused AdamW as the trainer uses them (minisoftpick.train): forward, loss, backward, optimizer step.
+fused AdamW as the trainer uses them (minisoftpick.train): forward, loss, backward (on the calling
+thread, `minisoftpick.train.backward`), optimizer step.
 Two sizes: the gpu preset's (6 layers, d_model 256, 4 heads, char vocabulary of 84) and one of about
 100M parameters (12 layers, d_model 768, 12 heads, vocabulary 8192). The model picks the backend
 itself (backend="auto": "flash" for softpick on CUDA, "sdpa" for softmax).
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_attention import default_out, kernel_breakdown, machine_report, write_json  # noqa: E402
 
 from minisoftpick.model import ModelConfig, Transformer  # noqa: E402
+from minisoftpick.train import backward  # noqa: E402
 
 SEQ_LEN = 2048
 BATCH = 8
@@ -109,7 +111,7 @@ def training_step(size: dict, attention: str):
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        loss.backward()
+        backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

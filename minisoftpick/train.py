@@ -354,6 +354,15 @@ def lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     )
 
 
+def backward(loss: Tensor) -> None:
+    """loss.backward() on the calling thread. By default autograd hands a CUDA graph's backward to a
+    thread of its own, and each handover of a backward written in Python (the Triton kernel's) cost
+    about 500 us on the H200's host, more than the kernels' GPU time at the course's sizes
+    (bench/bench_host.py, bench/NOTES.md). The result is the same either way."""
+    with torch.autograd.set_multithreading_enabled(False):
+        loss.backward()
+
+
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -658,7 +667,7 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
             logits = ddp_model(x[rows].to(device))
         loss = lm_loss(logits, y[rows].to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         step += 1
