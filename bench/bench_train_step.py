@@ -14,6 +14,8 @@ Each step is timed three ways, median over the timed steps:
 - eager: with CUDA events, each step on its own (the host waits for a step to finish before it
   launches the next, so host time is not hidden behind the GPU's);
 - host: how long the host takes to return from the step's Python, before it waits on the GPU;
+- eager with the backward on autograd's own thread (plain `loss.backward()`), the same model and
+  data in the same process, to show what `minisoftpick.train.backward` changes;
 - graphed: the whole step captured once as a CUDA graph (torch.cuda.graph, capturable AdamW) and
   replayed, which removes the host's time per step and leaves the GPU's.
 Beside them: the GPU's busy time per step and its largest CUDA kernels (torch profiler), and how many
@@ -98,7 +100,12 @@ def capture(step) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def training_step(size: dict, attention: str):
+def autograd_thread_backward(loss) -> None:
+    """loss.backward() as autograd runs it by default: a CUDA backward on autograd's own thread."""
+    loss.backward()
+
+
+def training_step(size: dict, attention: str, run_backward=backward):
     """The model of this size and normalizer on the GPU, and a function doing one training step."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig(seq_len=SEQ_LEN, attention=attention, **size)).cuda()
@@ -111,7 +118,7 @@ def training_step(size: dict, attention: str):
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        backward(loss)
+        run_backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -124,6 +131,10 @@ def measure(size: dict, attention: str) -> dict:
     for _ in range(WARMUP_STEPS):
         train_step()
     step_ms, host_ms = timed(train_step)
+    _, default_step = training_step(size, attention, autograd_thread_backward)
+    for _ in range(WARMUP_STEPS):
+        default_step()
+    autograd_thread_ms, _ = timed(default_step)
     kernels = kernel_breakdown(train_step, repeats=3)
     calls = runtime_calls(train_step)
     try:
@@ -138,6 +149,7 @@ def measure(size: dict, attention: str) -> dict:
         step_ms=step_ms,
         tokens_per_s=BATCH * SEQ_LEN / (step_ms / 1e3),
         host_ms=host_ms,
+        autograd_thread_step_ms=autograd_thread_ms,
         graphed_step_ms=graphed_ms,
         graphed_tokens_per_s=graphed_ms and BATCH * SEQ_LEN / (graphed_ms / 1e3),
         graph_error=graph_error,
@@ -166,7 +178,8 @@ def main() -> None:
             graphed = f"{row['graphed_step_ms']:7.2f}" if row["graphed_step_ms"] else "  n/a  "
             print(
                 f"{size_name:<28} {attention:<9} ({row['backend']:>5}) {row['params'] / 1e6:6.1f}M params  "
-                f"eager {row['step_ms']:7.2f} ms/step (host {row['host_ms']:6.2f})  graphed {graphed}  "
+                f"eager {row['step_ms']:7.2f} ms/step (host {row['host_ms']:6.2f}; autograd thread "
+                f"{row['autograd_thread_step_ms']:7.2f})  graphed {graphed}  "
                 f"GPU busy {row['gpu_busy_ms']:6.2f}  calls {row['runtime_calls_per_step']}"
             )
             if row["graph_error"]:
@@ -177,7 +190,8 @@ def main() -> None:
     for size_name in SIZES:
         by = {r["attention"]: r for r in rows if r["size"] == size_name}
         eager = by["softpick"]["tokens_per_s"] / by["softmax"]["tokens_per_s"]
-        line = f"{size_name}: softpick / softmax tokens per second, eager {eager:.3f}"
+        default = by["softmax"]["autograd_thread_step_ms"] / by["softpick"]["autograd_thread_step_ms"]
+        line = f"{size_name}: softpick / softmax tokens per second, eager {eager:.3f} (autograd thread {default:.3f})"
         if by["softpick"]["graphed_tokens_per_s"] and by["softmax"]["graphed_tokens_per_s"]:
             graphed = by["softpick"]["graphed_tokens_per_s"] / by["softmax"]["graphed_tokens_per_s"]
             line += f", graphed {graphed:.3f}"
