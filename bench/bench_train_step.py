@@ -10,7 +10,8 @@ Two sizes: the gpu preset's (6 layers, d_model 256, 4 heads, char vocabulary of 
 100M parameters (12 layers, d_model 768, 12 heads, vocabulary 8192). The model picks the backend
 itself (backend="auto": "flash" for softpick on CUDA, "sdpa" for softmax).
 
-Each step is timed three ways, median over the timed steps:
+Each step is timed four ways (the eager ones in six alternating rounds of ten steps each; the
+median of the rounds' medians):
 - eager: with CUDA events, each step on its own (the host waits for a step to finish before it
   launches the next, so host time is not hidden behind the GPU's);
 - host: how long the host takes to return from the step's Python, before it waits on the GPU;
@@ -48,6 +49,7 @@ SIZES = {
 }
 ATTENTIONS = ("softmax", "softpick")
 WARMUP_STEPS, TIMED_STEPS = 5, 20
+ROUNDS, ROUND_STEPS = 6, 10  # eager steps: alternating rounds of each backward
 RUNTIME_CALLS = (  # CUDA runtime and driver calls counted per step
     "cudaLaunchKernel",
     "cuLaunchKernel",
@@ -128,13 +130,15 @@ def training_step(size: dict, attention: str, run_backward=backward):
 def measure(size: dict, attention: str) -> dict:
     """One row of the table: the step's times three ways, its parameter count, backend, kernels."""
     model, train_step = training_step(size, attention)
-    for _ in range(WARMUP_STEPS):
-        train_step()
-    step_ms, host_ms = timed(train_step)
     _, default_step = training_step(size, attention, autograd_thread_backward)
     for _ in range(WARMUP_STEPS):
+        train_step()
         default_step()
-    autograd_thread_ms, _ = timed(default_step)
+    # The two backwards in alternating rounds, so that a drift of the host's speed hits both alike
+    rounds = [(timed(train_step, ROUND_STEPS), timed(default_step, ROUND_STEPS)) for _ in range(ROUNDS)]
+    step_ms = statistics.median(here[0] for here, _ in rounds)
+    host_ms = statistics.median(here[1] for here, _ in rounds)
+    autograd_thread_ms = statistics.median(there[0] for _, there in rounds)
     kernels = kernel_breakdown(train_step, repeats=3)
     calls = runtime_calls(train_step)
     try:
@@ -204,6 +208,8 @@ def main() -> None:
         optimizer="AdamW(fused=True, capturable=True)",
         warmup_steps=WARMUP_STEPS,
         timed_steps=TIMED_STEPS,
+        eager_rounds=ROUNDS,
+        steps_per_round=ROUND_STEPS,
         statistic="median",
     )
     report["results"] = rows
