@@ -104,7 +104,7 @@ def count(fn, c) -> torch.Tensor:
 
 
 def built_params(c) -> torch.Tensor:
-    """How many parameters ``Transformer(c)`` has, built on the meta device (no memory, no time)."""
+    """How many parameters ``Transformer(c)`` has, built on the meta device (no memory, no initialisation)."""
     from ..model import Transformer
 
     with torch.device("meta"):
