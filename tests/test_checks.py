@@ -383,7 +383,7 @@ ROOFLINE_WRONG = [
     (roofline_with(bytes_per=4), "minimum bytes moved"),
     (roofline_with(training_tensors=4), "minimum bytes moved"),
     (roofline_with(roof=max), "memory-bound below the ridge"),
-    (roofline_with(roofs=(7.5e14, 3.0e12)), "reads the roofs it is given"),
+    (roofline_with(roofs=(7.7e14, 4.3e12)), "reads the roofs it is given"),
     (lambda b, h, t, d, mode, peak_flops, bandwidth: {"flops": 1.0}, "causal forward FLOPs"),
 ]
 ROOFLINE_RIGHT = [solutions.attention_roofline, roofline_with()]

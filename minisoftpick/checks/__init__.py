@@ -28,6 +28,8 @@ EXERCISES = {
     "flash_forward": "05_flash_forward",
     "flash_forward_state": "05_flash_forward",
     "softpick_score_grad": "06_flash_backward",
+    "flash_dq": "06_flash_backward",
+    "flash_dkdv": "06_flash_backward",
     "attention_roofline": "06_flash_backward",
     "learning_rate": "07_training",
     "sink_rate": "08_sinks_and_activations",
