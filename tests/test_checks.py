@@ -691,22 +691,38 @@ def test_progress_lists_every_exercise_and_what_became_of_it(capsys):
     assert all(name in out for name in EXERCISES) and f"{len(EXERCISES) - 3} not run" in out
 
 
-def test_notebook_05s_stub_is_the_solution_kernel_without_its_loop_body():
-    """One source for the didactic kernel: the notebook's stub is the reference with the loop body left out."""
-    solution = (ROOT / "minisoftpick" / "solutions" / "flash_forward.py").read_text()
-    kernel = solution[solution.index("# fmt: off") : solution.index("# fmt: on")]
-    outside = re.sub(
-        r"        # --- the loop body.*?# --- end of the loop body ---\n", "", kernel, flags=re.DOTALL
+# The Triton stubs of notebooks 05 and 06: (notebook, solution module, the @triton.jit functions of one stub
+# cell by their solution names, the marked part the learner writes).
+KERNEL_STUBS = [
+    ("05_flash_forward", "flash_forward", ("online_update", "flash_forward_kernel"), "loop body"),
+    ("05_flash_forward", "flash_forward", ("flash_forward_blocks_kernel",), "key-block range"),
+    ("06_flash_backward", "flash_backward", ("flash_dq_kernel",), "loop"),
+    ("06_flash_backward", "flash_backward", ("flash_dkdv_kernel",), "loops"),
+]
+
+
+def jit_functions(source: str) -> dict[str, str]:
+    """Each @triton.jit function of the text between ``# fmt: off`` and ``# fmt: on``, by name."""
+    block = source[source.index("# fmt: off") : source.index("# fmt: on")]
+    found = re.findall(r"(@triton\.jit\ndef (\w+)\(.*?)(?=\n\n\n@triton\.jit|\Z)", block, flags=re.DOTALL)
+    return {name: text for text, name in found}
+
+
+@pytest.mark.parametrize(("notebook", "module", "names", "part"), KERNEL_STUBS, ids=lambda x: str(x))
+def test_a_notebooks_kernel_stub_is_the_solution_without_the_learners_part(notebook, module, names, part):
+    """One source for each didactic kernel: the stub is the reference with the marked part left out."""
+    solution = jit_functions((ROOT / "minisoftpick" / "solutions" / f"{module}.py").read_text())
+    expected = "".join(
+        re.sub(rf" *# --- the {part}.*?# --- end of the {part} ---\n", "", solution[name], flags=re.DOTALL)
+        for name in names
     )
-    notebook = json.loads((ROOT / "notebooks" / "05_flash_forward.ipynb").read_text())
-    cell = next(
-        "".join(c["source"])
-        for c in notebook["cells"]
-        if "def my_flash_forward_kernel(" in "".join(c["source"])
-    )
-    stub = cell[cell.index("# fmt: off") : cell.index("# fmt: on")]
-    stub = re.sub(r"        # your code here.*\n        pass\n", "", stub).replace("  # noqa: F841", "")
-    assert stub.replace("my_flash_forward_kernel(", "flash_forward_kernel(").split() == outside.split()
+    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    cell = next("".join(c["source"]) for c in cells if f"def my_{names[0]}(" in "".join(c["source"]))
+    stub = "".join(jit_functions(cell)[f"my_{name}"] for name in names)
+    stub = re.sub(r" *# your code here.*\n", "", stub).replace("  # noqa: F841", "")
+    for name in ("online_update", "flash_forward_kernel", "flash_forward_blocks_kernel", *names):
+        stub = stub.replace(f"my_{name}(", f"{name}(")
+    assert stub.split() == expected.split()
 
 
 def test_an_exercise_named_like_its_module_stays_the_exercise():

@@ -1,4 +1,4 @@
-"""Plausible wrong Triton kernels for notebooks 04 and 05's checks, and right ones, for tests/test_checks.py.
+"""Plausible wrong Triton kernels for notebooks 04, 05 and 06's checks, and right ones, for tests/test_checks.py.
 
 Each exercise's wrong kernels are one kernel with constexpr switches, each switch one mistake, run through
 the Triton interpreter on the CPU (or on the GPU when there is one) at the checks' tiny sizes. They keep
@@ -6,6 +6,8 @@ their stores masked: an unmasked store would write past the output for real.
 """
 
 # isort: off
+import importlib
+
 import minisoftpick.kernels  # noqa: F401  (sets TRITON_INTERPRET=1 without a GPU, before the kernels below)
 import torch
 import triton
@@ -477,3 +479,95 @@ WRONG["flash_dkdv"] = [
 
 RIGHT["flash_dq"] = [solutions.flash_dq, dq_with()]
 RIGHT["flash_dkdv"] = [solutions.flash_dkdv, dkdv_with()]
+
+
+# ---- 05 flash_forward_blocks: fn(q, k, v, causal=True, scale=None) -> (out, blocks) ---------------------
+
+# How a variant computes the key-block range [0, unmasked_end) + [unmasked_end, end) of a causal program.
+RIGHT_RANGE, NO_SKIP, ALL_MASKED, TOP_LEFT, FIRST_ROW_END, NOT_ROUNDED = range(6)
+online_update = importlib.import_module("minisoftpick.solutions.flash_forward").online_update
+
+
+# fmt: off
+@triton.jit
+def blocks_variant(Q, K, V, Out, Blocks, scale, q_len, kv_len, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RANGE: tl.constexpr):
+    first_row = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1)
+    Q += head * q_len * HEAD_DIM
+    Out += head * q_len * HEAD_DIM
+    K += head * kv_len * HEAD_DIM
+    V += head * kv_len * HEAD_DIM
+    rows = first_row + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + rows[:, None] * HEAD_DIM + dims[None, :], mask=rows[:, None] < q_len, other=0.0)
+    c = tl.zeros([BLOCK_M], tl.float32)
+    den = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    offset = kv_len - q_len
+    range_offset = 0 if RANGE == 3 else offset
+    unmasked_end = tl.minimum(tl.maximum(first_row + range_offset + 1, 0), kv_len)
+    if RANGE != 5:
+        unmasked_end = unmasked_end // BLOCK_N * BLOCK_N
+    end = tl.minimum(tl.maximum(first_row + BLOCK_M + range_offset, 0), kv_len)
+    if RANGE == 1:
+        end = kv_len
+    if RANGE == 2:
+        unmasked_end = 0
+    if RANGE == 4:
+        end = tl.minimum(tl.maximum(first_row + offset + 1, 0), kv_len)
+    if not CAUSAL:
+        unmasked_end = kv_len
+        end = kv_len
+    unmasked = 0
+    masked = 0
+    for first_col in range(0, unmasked_end, BLOCK_N):
+        cols = first_col + tl.arange(0, BLOCK_N)
+        k = tl.load(K + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        v = tl.load(V + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        c, den, acc = online_update(c, den, acc, q, k, v, rows, cols, offset, scale, False)
+        unmasked += 1
+    for first_col in range(unmasked_end, end, BLOCK_N):
+        cols = first_col + tl.arange(0, BLOCK_N)
+        k = tl.load(K + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        v = tl.load(V + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        c, den, acc = online_update(c, den, acc, q, k, v, rows, cols, offset, scale, True)
+        masked += 1
+    den += 1e-6 * tl.exp(-c)
+    tl.store(Out + rows[:, None] * HEAD_DIM + dims[None, :], acc / den[:, None], mask=rows[:, None] < q_len)
+    program = head * tl.num_programs(0) + tl.program_id(0)
+    tl.store(Blocks + program * 2, unmasked)
+    tl.store(Blocks + program * 2 + 1, masked)
+# fmt: on
+
+
+def blocks_with(key_range):
+    """A launcher of blocks_variant, one key head per query head (every case of the check but one)."""
+
+    def launch(q, k, v, causal=True, scale=None):
+        b, hq, tq, d = q.shape
+        group = hq // k.shape[1]
+        k, v = k.repeat_interleave(group, 1).contiguous(), v.repeat_interleave(group, 1).contiguous()
+        out = torch.empty_like(q)
+        blocks = torch.zeros(b, hq, triton.cdiv(tq, 16), 2, dtype=torch.int32, device=q.device)
+        blocks_variant[(triton.cdiv(tq, 16), b * hq)](
+            q.contiguous(), k, v, out, blocks, d**-0.5 if scale is None else scale, tq, k.shape[2],
+            HEAD_DIM=d, CAUSAL=causal, BLOCK_M=16, BLOCK_N=16, RANGE=key_range,
+        )  # fmt: skip
+        return out, blocks
+
+    return launch
+
+
+WRONG["flash_forward_blocks"] = [
+    (blocks_with(NO_SKIP), "blocks: Tq = Tk skips the blocks above the diagonal"),
+    (blocks_with(ALL_MASKED), "blocks: Tq = Tk skips the blocks above the diagonal"),
+    (blocks_with(TOP_LEFT), "out: Tq < Tk, bottom-right aligned"),
+    (blocks_with(FIRST_ROW_END), "out: Tq < Tk, bottom-right aligned"),
+    (blocks_with(NOT_ROUNDED), "out: causal, ragged T"),
+    (
+        lambda q, k, v, causal=True, scale=None: (solutions.flash_forward(q, k, v, causal, scale), None),
+        "shape and dtype",
+    ),
+]
+RIGHT["flash_forward_blocks"] = [solutions.flash_forward_blocks, blocks_with(RIGHT_RANGE)]

@@ -27,6 +27,7 @@ EXERCISES = {
     "attention_weights": "04_triton_primer",
     "flash_forward": "05_flash_forward",
     "flash_forward_state": "05_flash_forward",
+    "flash_forward_blocks": "05_flash_forward",
     "softpick_score_grad": "06_flash_backward",
     "flash_dq": "06_flash_backward",
     "flash_dkdv": "06_flash_backward",
