@@ -737,3 +737,22 @@ def test_an_exercise_named_like_its_module_stays_the_exercise():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True", "naive_attention", "naive_attention"]
+
+
+def test_loading_every_exercise_leaves_each_name_an_exercise():
+    """Loading one notebook's checks never shadows another's exercise with a module of the same name (a check
+    module importing an earlier notebook's would put that module in the exercise's place)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import types; from minisoftpick import checks, solutions; from minisoftpick.checks import EXERCISES\n"
+        "shadowed = set()\n"
+        "for n in reversed(EXERCISES):\n"
+        "    getattr(checks, n), getattr(solutions, n)\n"
+        "    shadowed |= {m for m in EXERCISES for p in (checks, solutions)\n"
+        "                 if isinstance(vars(p).get(m), types.ModuleType)}\n"
+        "print(sorted(shadowed))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

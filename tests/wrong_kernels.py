@@ -6,7 +6,7 @@ their stores masked: an unmasked store would write past the output for real.
 """
 
 # isort: off
-import importlib
+import inspect
 
 import minisoftpick.kernels  # noqa: F401  (sets TRITON_INTERPRET=1 without a GPU, before the kernels below)
 import torch
@@ -485,7 +485,7 @@ RIGHT["flash_dkdv"] = [solutions.flash_dkdv, dkdv_with()]
 
 # How a variant computes the key-block range [0, unmasked_end) + [unmasked_end, end) of a causal program.
 RIGHT_RANGE, NO_SKIP, ALL_MASKED, TOP_LEFT, FIRST_ROW_END, NOT_ROUNDED = range(6)
-online_update = importlib.import_module("minisoftpick.solutions.flash_forward").online_update
+online_update = inspect.getmodule(solutions.flash_forward_blocks).online_update  # the solution's helper
 
 
 # fmt: off
