@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import minisoftpick as msp
-from minisoftpick import checks, metrics, solutions, train
+from minisoftpick import checks, metrics, quant, solutions, train
 from minisoftpick.checks import EXERCISES, CheckFailed
 from minisoftpick.checks.core import FELL_BACK, OUTCOMES, PASSED
 
@@ -521,6 +521,117 @@ RTN_WRONG = [
 ]
 RTN_RIGHT = [solutions.quantize_rtn, rtn_with(), rtn_with(add_zero_first=True)]  # ties may round either way
 
+# ---- 09 hqq_zero_step: fn(groups, step, zero, bits, beta, p=0.7) -> zero -------------------------------
+
+
+def hqq_step_with(
+    threshold=lambda e, beta, p: e.abs() ** (p - 1) / beta,
+    shrink_sign=-1,
+    clamp=True,
+    integer_zero=False,
+    update_sign=-1,
+    over=-1,
+):
+    """A learner's half-quadratic step with one plausible mistake switched on."""
+
+    def step_fn(groups, step, zero, bits, beta, p=0.7):
+        z = torch.round(zero) if integer_zero else zero
+        q = torch.round(groups / step) + z if integer_zero else torch.round(groups / step + zero)
+        q = torch.clamp(q, 0, 2**bits - 1) if clamp else q
+        e = groups - step * (q - zero)
+        w_e = torch.sign(e) * torch.relu(e.abs() + shrink_sign * threshold(e, beta, p))
+        return (q + update_sign * (groups - w_e) / step).mean(over, keepdim=True)
+
+    return step_fn
+
+
+HQQ_WRONG = [
+    (
+        hqq_step_with(shrink_sign=+1),
+        "beta -> 0: the shrinkage removes every error, z is the least-squares fit",
+    ),
+    (
+        hqq_step_with(threshold=lambda e, beta, p: e.abs() ** (p - 1) * beta),
+        "beta -> infinity: the shrinkage keeps the whole error and z stays",
+    ),
+    (hqq_step_with(threshold=lambda e, beta, p: e.abs() ** p / beta), "p = 1: soft thresholding at 1 / beta"),
+    (
+        hqq_step_with(threshold=lambda e, beta, p: e.abs() ** (1 - p) / beta),
+        "p < 1: the threshold |e|**(p - 1) / beta",
+    ),
+    (hqq_step_with(threshold=lambda e, beta, p: 1 / beta), "p < 1: the threshold |e|**(p - 1) / beta"),
+    (hqq_step_with(update_sign=+1), "beta -> infinity: the shrinkage keeps the whole error and z stays"),
+    (hqq_step_with(clamp=False), "q from the current zero point, clamped to 0 .. 2**bits - 1"),
+    (
+        hqq_step_with(integer_zero=True),
+        "beta -> 0: the shrinkage removes every error, z is the least-squares fit",
+    ),
+    (hqq_step_with(over=(-2, -1)), "one zero point per group"),
+]
+HQQ_RIGHT = [solutions.hqq_zero_step, quant.hqq_zero_step, hqq_step_with()]
+
+# ---- 09 quantize_activations: fn(x, bits=8, granularity="per_token") --------------------------------
+
+
+def act_quant_with(
+    scale=lambda a: a.amax(-1, keepdim=True),
+    per_tensor_scale=lambda a: a.amax(),
+    qmax_of=lambda bits: 2 ** (bits - 1) - 1,
+    rounding=torch.round,
+    guard=True,
+    dequantize=True,
+):
+    """A learner's activation fake-quant with one plausible mistake switched on (``scale`` and
+    ``per_tensor_scale`` map |x| to the max the step divides)."""
+
+    def quantize(x, bits=8, granularity="per_token"):
+        qmax = qmax_of(bits)
+        a = x.float().abs()
+        amax = scale(a) if granularity == "per_token" else per_tensor_scale(a)
+        step = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)) if guard else amax / qmax
+        codes = torch.clamp(rounding(x.float() / step), -qmax, qmax)
+        return (codes * step if dequantize else codes).to(x.dtype)
+
+    return quantize
+
+
+ACT_WRONG = [
+    (act_quant_with(scale=lambda a: a.amax()), "per token: one scale per row of the last dim"),
+    (
+        act_quant_with(per_tensor_scale=lambda a: a.amax(-1, keepdim=True)),
+        "per tensor: one scale shared by every token",
+    ),
+    (
+        act_quant_with(scale=lambda a: 3 * a.mean(-1, keepdim=True)),
+        "symmetric grid from max|x|: values on it come back unchanged",
+    ),
+    (
+        act_quant_with(qmax_of=lambda bits: 2**bits - 1),
+        "symmetric grid from max|x|: values on it come back unchanged",
+    ),
+    (
+        act_quant_with(qmax_of=lambda bits: 2 ** (bits - 1)),
+        "symmetric grid from max|x|: values on it come back unchanged",
+    ),
+    (act_quant_with(rounding=torch.floor), "rounds to the nearest level"),
+    (act_quant_with(rounding=torch.trunc), "rounds to the nearest level"),
+    (act_quant_with(guard=False), "a token of zeros stays zero (no NaN)"),
+    (act_quant_with(dequantize=False), "symmetric grid from max|x|: values on it come back unchanged"),
+    (
+        lambda x, bits=8, granularity="per_token": act_quant_with()(x, bits, granularity).float(),
+        "shape and dtype",
+    ),
+    (lambda x, bits=8: quant.quantize_activations(x, bits), "signature"),
+]
+ACT_RIGHT = [
+    solutions.quantize_activations,
+    quant.quantize_activations,
+    act_quant_with(),
+    lambda x, bits=8, granularity="per_token": act_quant_with(
+        scale=lambda a: a.amax(-1, keepdim=True) * (1 + 0 * a[..., :1])
+    )(x, bits, granularity),
+]
+
 # ---- the tables ------------------------------------------------------------------------------------
 
 WRONG = {
@@ -539,6 +650,8 @@ WRONG = {
     "sink_rate": SINK_WRONG,
     "kurtosis": KURTOSIS_WRONG,
     "quantize_rtn": RTN_WRONG,
+    "hqq_zero_step": HQQ_WRONG,
+    "quantize_activations": ACT_WRONG,
     **(wrong_kernels.WRONG if wrong_kernels else {}),
 }
 RIGHT = {
@@ -557,6 +670,8 @@ RIGHT = {
     "sink_rate": SINK_RIGHT,
     "kurtosis": KURTOSIS_RIGHT,
     "quantize_rtn": RTN_RIGHT,
+    "hqq_zero_step": HQQ_RIGHT,
+    "quantize_activations": ACT_RIGHT,
     **(wrong_kernels.RIGHT if wrong_kernels else {}),
 }
 

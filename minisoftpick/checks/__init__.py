@@ -33,6 +33,8 @@ EXERCISES = {
     "sink_rate": "08_sinks_and_activations",
     "kurtosis": "08_sinks_and_activations",
     "quantize_rtn": "09_quantization",
+    "hqq_zero_step": "09_quantization",
+    "quantize_activations": "09_quantization",
 }
 
 
