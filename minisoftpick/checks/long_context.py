@@ -38,8 +38,9 @@ def model_logits(g: torch.Generator):
     """Logits of a small random Transformer on passkey sequences, made right at some answer positions."""
     from ..model import ModelConfig, Transformer  # the model loads when the check runs, not with the course
 
-    torch.manual_seed(int(torch.randint(2**31, (), generator=g)))
-    model = Transformer(ModelConfig(vocab_size=synthetic.VOCAB_SIZE, n_layers=1, n_heads=2, d_model=32))
+    with torch.random.fork_rng():  # seeded initial weights; the learner's global RNG is left as it was
+        torch.manual_seed(int(torch.randint(2**31, (), generator=g)))
+        model = Transformer(ModelConfig(vocab_size=synthetic.VOCAB_SIZE, n_layers=1, n_heads=2, d_model=32))
     x, y = synthetic.passkey_batch(32, 40, generator=g)
     with torch.no_grad():
         logits = model(x)
@@ -248,11 +249,13 @@ def trains_in_a_model(fn, idx):
     from ..model import ModelConfig, Transformer  # the model loads when the check runs, not with the course
 
     def build(attention: str):
-        torch.manual_seed(0)
-        config = ModelConfig(
-            vocab_size=synthetic.VOCAB_SIZE, n_layers=1, n_heads=2, d_model=32, attention=attention
-        )
-        return Transformer(config)
+        with torch.random.fork_rng():  # seeded initial weights; the learner's global RNG is left as it was
+            torch.manual_seed(0)
+            return Transformer(
+                ModelConfig(
+                    vocab_size=synthetic.VOCAB_SIZE, n_layers=1, n_heads=2, d_model=32, attention=attention
+                )
+            )
 
     with registered_for_the_check(fn) as name:
         yours, package = build(name), build("sink")
