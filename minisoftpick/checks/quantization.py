@@ -208,7 +208,7 @@ hqq_zero_step = Exercise(
     "half-quadratic step of HQQ (shrink the error, refit the zero point)",
     reference=quant.hqq_zero_step,
     seed=10,
-    tolerance=tolerances.FLOAT64,
+    tolerance=tolerances.FLOAT32,  # float64 groups; an answer computed in float32 passes too
     properties=[
         Property(
             "one zero point per group",
