@@ -4,15 +4,19 @@ softpick through the Triton kernel against softmax through torch SDPA.
     python bench/bench_train_step.py [--out results/bench_train_step_h200]
 
 minisoftpick.model.Transformer at T = 2048 with 16384 tokens per step (B = 8), bf16 autocast and
-fused AdamW as the trainer uses them (minisoftpick.train): forward, loss, backward, optimizer step.
+fused AdamW as the trainer uses them (minisoftpick.train): forward, loss, backward (on the calling
+thread, `minisoftpick.train.backward`), optimizer step.
 Two sizes: the gpu preset's (6 layers, d_model 256, 4 heads, char vocabulary of 84) and one of about
 100M parameters (12 layers, d_model 768, 12 heads, vocabulary 8192). The model picks the backend
 itself (backend="auto": "flash" for softpick on CUDA, "sdpa" for softmax).
 
-Each step is timed three ways, median over the timed steps:
+Each step is timed four ways (the eager ones in six alternating rounds of ten steps each; the
+median of the rounds' medians):
 - eager: with CUDA events, each step on its own (the host waits for a step to finish before it
   launches the next, so host time is not hidden behind the GPU's);
 - host: how long the host takes to return from the step's Python, before it waits on the GPU;
+- eager with the backward on autograd's own thread (plain `loss.backward()`), the same model and
+  data in the same process, to show what `minisoftpick.train.backward` changes;
 - graphed: the whole step captured once as a CUDA graph (torch.cuda.graph, capturable AdamW) and
   replayed, which removes the host's time per step and leaves the GPU's.
 Beside them: the GPU's busy time per step and its largest CUDA kernels (torch profiler), and how many
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_attention import default_out, kernel_breakdown, machine_report, write_json  # noqa: E402
 
 from minisoftpick.model import ModelConfig, Transformer  # noqa: E402
+from minisoftpick.train import backward  # noqa: E402
 
 SEQ_LEN = 2048
 BATCH = 8
@@ -44,6 +49,7 @@ SIZES = {
 }
 ATTENTIONS = ("softmax", "softpick")
 WARMUP_STEPS, TIMED_STEPS = 5, 20
+ROUNDS, ROUND_STEPS = 6, 10  # eager steps: alternating rounds of each backward
 RUNTIME_CALLS = (  # CUDA runtime and driver calls counted per step
     "cudaLaunchKernel",
     "cuLaunchKernel",
@@ -96,7 +102,12 @@ def capture(step) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def training_step(size: dict, attention: str):
+def autograd_thread_backward(loss) -> None:
+    """loss.backward() as autograd runs it by default: a CUDA backward on autograd's own thread."""
+    loss.backward()
+
+
+def training_step(size: dict, attention: str, run_backward=backward):
     """The model of this size and normalizer on the GPU, and a function doing one training step."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig(seq_len=SEQ_LEN, attention=attention, **size)).cuda()
@@ -109,7 +120,7 @@ def training_step(size: dict, attention: str):
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        loss.backward()
+        run_backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -119,9 +130,15 @@ def training_step(size: dict, attention: str):
 def measure(size: dict, attention: str) -> dict:
     """One row of the table: the step's times three ways, its parameter count, backend, kernels."""
     model, train_step = training_step(size, attention)
+    _, default_step = training_step(size, attention, autograd_thread_backward)
     for _ in range(WARMUP_STEPS):
         train_step()
-    step_ms, host_ms = timed(train_step)
+        default_step()
+    # The two backwards in alternating rounds, so that a drift of the host's speed hits both alike
+    rounds = [(timed(train_step, ROUND_STEPS), timed(default_step, ROUND_STEPS)) for _ in range(ROUNDS)]
+    step_ms = statistics.median(here[0] for here, _ in rounds)
+    host_ms = statistics.median(here[1] for here, _ in rounds)
+    autograd_thread_ms = statistics.median(there[0] for _, there in rounds)
     kernels = kernel_breakdown(train_step, repeats=3)
     calls = runtime_calls(train_step)
     try:
@@ -136,6 +153,7 @@ def measure(size: dict, attention: str) -> dict:
         step_ms=step_ms,
         tokens_per_s=BATCH * SEQ_LEN / (step_ms / 1e3),
         host_ms=host_ms,
+        autograd_thread_step_ms=autograd_thread_ms,
         graphed_step_ms=graphed_ms,
         graphed_tokens_per_s=graphed_ms and BATCH * SEQ_LEN / (graphed_ms / 1e3),
         graph_error=graph_error,
@@ -164,7 +182,8 @@ def main() -> None:
             graphed = f"{row['graphed_step_ms']:7.2f}" if row["graphed_step_ms"] else "  n/a  "
             print(
                 f"{size_name:<28} {attention:<9} ({row['backend']:>5}) {row['params'] / 1e6:6.1f}M params  "
-                f"eager {row['step_ms']:7.2f} ms/step (host {row['host_ms']:6.2f})  graphed {graphed}  "
+                f"eager {row['step_ms']:7.2f} ms/step (host {row['host_ms']:6.2f}; autograd thread "
+                f"{row['autograd_thread_step_ms']:7.2f})  graphed {graphed}  "
                 f"GPU busy {row['gpu_busy_ms']:6.2f}  calls {row['runtime_calls_per_step']}"
             )
             if row["graph_error"]:
@@ -175,7 +194,8 @@ def main() -> None:
     for size_name in SIZES:
         by = {r["attention"]: r for r in rows if r["size"] == size_name}
         eager = by["softpick"]["tokens_per_s"] / by["softmax"]["tokens_per_s"]
-        line = f"{size_name}: softpick / softmax tokens per second, eager {eager:.3f}"
+        default = by["softmax"]["autograd_thread_step_ms"] / by["softpick"]["autograd_thread_step_ms"]
+        line = f"{size_name}: softpick / softmax tokens per second, eager {eager:.3f} (autograd thread {default:.3f})"
         if by["softpick"]["graphed_tokens_per_s"] and by["softmax"]["graphed_tokens_per_s"]:
             graphed = by["softpick"]["graphed_tokens_per_s"] / by["softmax"]["graphed_tokens_per_s"]
             line += f", graphed {graphed:.3f}"
@@ -188,6 +208,8 @@ def main() -> None:
         optimizer="AdamW(fused=True, capturable=True)",
         warmup_steps=WARMUP_STEPS,
         timed_steps=TIMED_STEPS,
+        eager_rounds=ROUNDS,
+        steps_per_round=ROUND_STEPS,
         statistic="median",
     )
     report["results"] = rows

@@ -354,6 +354,16 @@ def lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
     )
 
 
+def backward(loss: Tensor) -> None:
+    """loss.backward() on the calling thread. By default autograd hands a CUDA backward to a thread
+    of its own; on the H200's host that handover cost one forward+backward of the Triton kernel
+    802 against 277 us, and of SDPA's cuDNN attention 252 against 129 us (bench/bench_host.py). In
+    whole training steps softmax was faster this way in every same-process comparison and softpick
+    sometimes faster, sometimes slower (bench/NOTES.md). The gradients are the same either way."""
+    with torch.autograd.set_multithreading_enabled(False):
+        loss.backward()
+
+
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -658,7 +668,7 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
             logits = ddp_model(x[rows].to(device))
         loss = lm_loss(logits, y[rows].to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         step += 1

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -323,3 +324,50 @@ def test_probes_log_sinks_and_activations_during_training(data_dir, tmp_path):
         assert 0 <= probe["sink_rate_short"] <= 1 and probe["kurtosis_mean"] > 0 and probe["max_abs"] > 0
         assert len(probe["layers"]) == 2 and "zero_fraction" not in probe["layers"][0]
         assert len(probe["layers"][0]["first_token_attention_short"]) == 2  # one per head
+
+
+class RecordsThread(torch.autograd.Function):
+    """Identity whose backward, written in Python like the kernel's, records the thread it ran on."""
+
+    threads: list[int] = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        RecordsThread.threads.append(threading.get_ident())
+        return grad
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+            ],
+        ),
+    ],
+)
+def test_backward_gives_loss_backwards_gradients_on_the_calling_thread(device):
+    """On a GPU autograd would otherwise run the Python backward on a thread of its own."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=11, n_layers=1, n_heads=2, d_model=16, seq_len=8)).to(device)
+    idx = torch.randint(0, 11, (2, 9), device=device)
+
+    def loss_of(m):
+        return train.lm_loss(RecordsThread.apply(m(idx[:, :-1])), idx[:, 1:])
+
+    loss_of(model).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    RecordsThread.threads.clear()
+    train.backward(loss_of(model))
+    assert RecordsThread.threads == [threading.get_ident()]
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=0, atol=0, msg=name)
