@@ -120,6 +120,25 @@ def _shrink_lp(x: Tensor, beta: float, p: float) -> Tensor:
     return torch.sign(x) * torch.relu(magnitude - magnitude.pow(p - 1) / beta)
 
 
+def hqq_zero_step(
+    groups: Tensor, step: Tensor, zero: Tensor, bits: int, beta: float, p: float = 0.7
+) -> Tensor:
+    """One half-quadratic step of HQQ: the new real-valued zero point of each group.
+
+    ``groups`` [..., n_groups, group_size], ``step`` and ``zero`` [..., n_groups, 1]:
+
+        q   = clamp(round(w / s + z), 0, 2**bits - 1)     the levels the current zero point picks
+        W_e = shrink_lp(w - s (q - z), beta)             the part of the error the lp norm keeps
+        z   <- mean over the group of  q - (w - W_e) / s
+
+    with shrink_lp(x, beta) = sign(x) relu(|x| - |x|^(p-1) / beta) (see ``quantize_hqq``).
+    """
+    levels = 2**bits - 1
+    q = torch.clamp(torch.round(groups / step + zero), 0, levels)
+    w_e = _shrink_lp(groups - step * (q - zero), beta, p)
+    return (q - (groups - w_e) / step).mean(-1, keepdim=True)
+
+
 def quantize_hqq(
     w: Tensor,
     bits: int,
@@ -159,9 +178,7 @@ def quantize_hqq(
     best_zero = zero
     best_error = (groups - _dequantize(groups, step, zero, levels)).abs().mean(-1, keepdim=True)
     for _ in range(iters):
-        q = torch.clamp(torch.round(groups / step + zero), 0, levels)
-        w_e = _shrink_lp(groups - step * (q - zero), beta, p)
-        zero = (q - (groups - w_e) / step).mean(-1, keepdim=True)
+        zero = hqq_zero_step(groups, step, zero, bits, beta, p)
         beta *= kappa
         error = (groups - _dequantize(groups, step, zero, levels)).abs().mean(-1, keepdim=True)
         better = error < best_error

@@ -147,6 +147,14 @@ def associative_recall_batch(
     return x, _targets(x, context + 2)
 
 
+def exact_match(logits: Tensor, y: Tensor) -> Tensor:
+    """bool [B]: True for each sequence whose greedy prediction ``logits.argmax(-1)`` equals ``y`` at every
+    position ``y`` scores (y != -100). ``logits`` [B, T, vocab] are the model's for x, so logits[:, t]
+    predicts y[:, t] = x[:, t + 1]: no further shift."""
+    scored = y != IGNORE_INDEX
+    return ((logits.argmax(-1) == y) | ~scored).all(-1)
+
+
 @torch.no_grad()
 def passkey_accuracy(
     model: nn.Module,
@@ -160,8 +168,8 @@ def passkey_accuracy(
     """{seq_len: exact-match accuracy} of ``model`` on ``n`` fresh passkey sequences per length.
 
     ``model(x)`` must return logits [B, T, vocab]. A sequence counts as right when the greedy
-    prediction (argmax) at every answer position equals the passkey digit (teacher forcing: the
-    model sees the true earlier digits). Runs in eval mode, on the device of model's parameters,
+    prediction (argmax) at every answer position equals the passkey digit (``exact_match``; teacher
+    forcing: the model sees the true earlier digits). Runs in eval mode, on the device of model's parameters,
     and puts the model back in its mode afterwards.
     """
     for name, value in (("n", n), ("batch_size", batch_size)):
@@ -184,9 +192,7 @@ def passkey_accuracy(
                         raise ValueError(
                             f"model must return logits [B, T, vocab], got shape {tuple(logits.shape)}"
                         )
-                    answer = y != IGNORE_INDEX
-                    right = (logits.argmax(-1).cpu() == y) | ~answer
-                    correct += int(right.all(-1).sum())
+                    correct += int(exact_match(logits.cpu(), y).sum())
                     bar.update(x.shape[0])
                 accuracy[seq_len] = correct / n
     finally:

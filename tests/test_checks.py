@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import minisoftpick as msp
-from minisoftpick import checks, metrics, solutions, train
+from minisoftpick import checks, metrics, quant, solutions, synthetic, train
 from minisoftpick.checks import EXERCISES, CheckFailed
 from minisoftpick.checks.core import FELL_BACK, OUTCOMES, PASSED
 
@@ -521,6 +521,244 @@ RTN_WRONG = [
 ]
 RTN_RIGHT = [solutions.quantize_rtn, rtn_with(), rtn_with(add_zero_first=True)]  # ties may round either way
 
+# ---- 09 hqq_zero_step: fn(groups, step, zero, bits, beta, p=0.7) -> zero -------------------------------
+
+
+def hqq_step_with(
+    threshold=lambda e, beta, p: e.abs() ** (p - 1) / beta,
+    shrink_sign=-1,
+    clamp=True,
+    integer_zero=False,
+    update_sign=-1,
+    over=-1,
+):
+    """A learner's half-quadratic step with one plausible mistake switched on."""
+
+    def step_fn(groups, step, zero, bits, beta, p=0.7):
+        z = torch.round(zero) if integer_zero else zero
+        q = torch.round(groups / step) + z if integer_zero else torch.round(groups / step + zero)
+        q = torch.clamp(q, 0, 2**bits - 1) if clamp else q
+        e = groups - step * (q - zero)
+        w_e = torch.sign(e) * torch.relu(e.abs() + shrink_sign * threshold(e, beta, p))
+        return (q + update_sign * (groups - w_e) / step).mean(over, keepdim=True)
+
+    return step_fn
+
+
+HQQ_WRONG = [
+    (
+        hqq_step_with(shrink_sign=+1),
+        "beta -> 0: the shrinkage removes every error, z is the least-squares fit",
+    ),
+    (
+        hqq_step_with(threshold=lambda e, beta, p: e.abs() ** (p - 1) * beta),
+        "beta -> infinity: the shrinkage keeps the whole error and z stays",
+    ),
+    (hqq_step_with(threshold=lambda e, beta, p: e.abs() ** p / beta), "p = 1: soft thresholding at 1 / beta"),
+    (
+        hqq_step_with(threshold=lambda e, beta, p: e.abs() ** (1 - p) / beta),
+        "p < 1: the threshold |e|**(p - 1) / beta",
+    ),
+    (hqq_step_with(threshold=lambda e, beta, p: 1 / beta), "p < 1: the threshold |e|**(p - 1) / beta"),
+    (hqq_step_with(update_sign=+1), "beta -> infinity: the shrinkage keeps the whole error and z stays"),
+    (hqq_step_with(clamp=False), "q from the current zero point, clamped to 0 .. 2**bits - 1"),
+    (
+        hqq_step_with(integer_zero=True),
+        "beta -> 0: the shrinkage removes every error, z is the least-squares fit",
+    ),
+    (hqq_step_with(over=(-2, -1)), "one zero point per group"),
+]
+HQQ_RIGHT = [solutions.hqq_zero_step, quant.hqq_zero_step, hqq_step_with()]
+
+# ---- 09 quantize_activations: fn(x, bits=8, granularity="per_token") --------------------------------
+
+
+def act_quant_with(
+    scale=lambda a: a.amax(-1, keepdim=True),
+    per_tensor_scale=lambda a: a.amax(),
+    qmax_of=lambda bits: 2 ** (bits - 1) - 1,
+    rounding=torch.round,
+    guard=True,
+    dequantize=True,
+):
+    """A learner's activation fake-quant with one plausible mistake switched on (``scale`` and
+    ``per_tensor_scale`` map |x| to the max the step divides)."""
+
+    def quantize(x, bits=8, granularity="per_token"):
+        qmax = qmax_of(bits)
+        a = x.float().abs()
+        amax = scale(a) if granularity == "per_token" else per_tensor_scale(a)
+        step = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)) if guard else amax / qmax
+        codes = torch.clamp(rounding(x.float() / step), -qmax, qmax)
+        return (codes * step if dequantize else codes).to(x.dtype)
+
+    return quantize
+
+
+ACT_WRONG = [
+    (act_quant_with(scale=lambda a: a.amax()), "per token: one scale per row of the last dim"),
+    (
+        act_quant_with(per_tensor_scale=lambda a: a.amax(-1, keepdim=True)),
+        "per tensor: one scale shared by every token",
+    ),
+    (
+        act_quant_with(scale=lambda a: 3 * a.mean(-1, keepdim=True)),
+        "symmetric grid from max|x|: values on it come back unchanged",
+    ),
+    (
+        act_quant_with(qmax_of=lambda bits: 2**bits - 1),
+        "symmetric grid from max|x|: values on it come back unchanged",
+    ),
+    (
+        act_quant_with(qmax_of=lambda bits: 2 ** (bits - 1)),
+        "symmetric grid from max|x|: values on it come back unchanged",
+    ),
+    (act_quant_with(rounding=torch.floor), "rounds to the nearest level"),
+    (act_quant_with(rounding=torch.trunc), "rounds to the nearest level"),
+    (act_quant_with(guard=False), "a token of zeros stays zero (no NaN)"),
+    (act_quant_with(dequantize=False), "symmetric grid from max|x|: values on it come back unchanged"),
+    (
+        lambda x, bits=8, granularity="per_token": act_quant_with()(x, bits, granularity).float(),
+        "shape and dtype",
+    ),
+    (lambda x, bits=8: quant.quantize_activations(x, bits), "signature"),
+]
+ACT_RIGHT = [solutions.quantize_activations, quant.quantize_activations, act_quant_with()]
+
+# ---- 10 passkey_exact_match: fn(logits, y) -------------------------------------------------------------
+
+
+def exact_match_with(scored_only=True, shift=False, reduce=lambda right: right.all(-1), average=True):
+    """A learner's passkey metric with one plausible mistake switched on."""
+
+    def exact_match(logits, y):
+        if shift:  # the shift of a language-model loss, applied to targets that are already shifted
+            logits, y = logits[:, :-1], y[:, 1:]
+        right = logits.argmax(-1) == y
+        right = right | (y == -100) if scored_only else right
+        per_sequence = reduce(right).float()
+        return per_sequence.mean().item() if average else per_sequence.sum().item()
+
+    return exact_match
+
+
+EXACT_WRONG = [
+    (exact_match_with(scored_only=False), "scores the answer positions only, y as given"),
+    (exact_match_with(shift=True), "scores the answer positions only, y as given"),
+    (
+        lambda logits, y: ((logits.argmax(-1) == y) & (y != -100)).sum().item() / (y != -100).sum().item(),
+        "a sequence counts only when every digit is right",
+    ),
+    (
+        exact_match_with(reduce=lambda right: right.any(-1)),
+        "a sequence counts only when every digit is right",
+    ),
+    (exact_match_with(average=False), "a fraction of the batch"),
+    (lambda logits, y: [exact_match_with()(logits, y)], "returns a number"),
+]
+EXACT_RIGHT = [
+    solutions.passkey_exact_match,
+    exact_match_with(),
+    lambda logits, y: synthetic.exact_match(logits, y).double().mean(),
+]
+
+# ---- 10 log_position_scale: fn(query_scale, tq, tk=None) -> [H, tq, 1] ---------------------------------
+
+
+def position_scale_with(offset=2, log=torch.log, aligned=True, per_head=True, layout=lambda s: s[:, :, None]):
+    """A learner's log-position scale with one plausible mistake switched on."""
+
+    def scale(query_scale, tq, tk=None):
+        tk = tq if tk is None else tk
+        positions = torch.arange(tq, dtype=torch.float32) + ((tk - tq) if aligned else 0)
+        s = query_scale if per_head else query_scale[:1].expand(len(query_scale))
+        return layout(s[:, None] * log(positions + offset)[None, :])
+
+    return scale
+
+
+SCALE_WRONG = [
+    (position_scale_with(offset=1), "s_h * log(i + 2), natural log, from query 0"),
+    (position_scale_with(log=torch.log2), "s_h * log(i + 2), natural log, from query 0"),
+    (position_scale_with(per_head=False), "one scale per head"),
+    (position_scale_with(aligned=False), "bottom-right aligned: query i sits at position i + tk - tq"),
+    (
+        lambda query_scale, tq, tk=None: position_scale_with()(query_scale.detach(), tq, tk),
+        "the gradient reaches query_scale",
+    ),
+    (position_scale_with(layout=lambda s: s.T), "shape [H, tq, 1], query_scale's dtype"),
+    (position_scale_with(layout=lambda s: s.double()[:, :, None]), "shape [H, tq, 1], query_scale's dtype"),
+]
+SCALE_RIGHT = [
+    solutions.log_position_scale,
+    msp.normalizers.log_position_scale,
+    position_scale_with(),
+]
+
+# ---- 10 learnable_sink: fn(scores, mask, sink) -------------------------------------------------------------
+
+
+def sink_with(
+    shift=lambda x, sink: torch.maximum(x.amax(-1, keepdim=True), sink), hide=True, sink_term=torch.exp
+):
+    """A learner's learnable-sink softmax with one plausible mistake switched on."""
+
+    def normalize(scores, mask, sink):
+        x = scores.masked_fill(~mask, float("-inf")) if hide and mask is not None else scores
+        c = shift(x, sink.to(x.dtype)).detach()
+        e = torch.exp(x - c)
+        if mask is not None and not hide:
+            e = e * mask  # masked keys removed after the sum's shift was taken over them
+        return e / (e.sum(-1, keepdim=True) + sink_term(sink - c))
+
+    return normalize
+
+
+def softmax1_only(scores, mask, sink):
+    return msp.softmax1(scores, mask=mask)
+
+
+LEARNABLE_SINK_WRONG = [
+    (
+        lambda scores, mask, sink: msp.masked_softmax(scores, mask=mask),
+        "sink 0 is softmax1: the sink takes its share of every row",
+    ),
+    (softmax1_only, "one sink logit per head"),
+    (
+        sink_with(sink_term=lambda d: torch.exp(-d)),
+        "sink 0 is softmax1: the sink takes its share of every row",
+    ),
+    (
+        lambda scores, mask, sink: msp.sink_softmax(scores, sink, mask=None) * (1 if mask is None else mask),
+        "masked keys get 0 and stay out of the denominator",
+    ),
+    (sink_with(shift=lambda x, sink: x.amax(-1, keepdim=True)), "a row with no visible key gives zeros"),
+    (sink_with(shift=lambda x, sink: torch.zeros_like(sink)), "stable for large scores"),
+    (
+        lambda scores, mask, sink: msp.sink_softmax(scores, sink.detach(), mask=mask),
+        "the gradient reaches the scores and the sink",
+    ),
+    (
+        lambda scores, mask, s: msp.sink_softmax(scores, s, mask=mask),
+        "registered, it trains in a Transformer",
+        "by keyword",
+    ),
+]
+LEARNABLE_SINK_RIGHT = [
+    solutions.learnable_sink,
+    lambda scores, mask, sink: msp.sink_softmax(scores, sink, mask=mask),
+    sink_with(),
+]
+
+
+def test_the_learnable_sink_check_leaves_the_registry_as_it_found_it():
+    before = dict(msp.NORMALIZERS)
+    checks.learnable_sink(solutions.learnable_sink)
+    with pytest.raises(CheckFailed):
+        checks.learnable_sink(LEARNABLE_SINK_WRONG[-1][0])
+    assert msp.NORMALIZERS == before
+
+
 # ---- the tables ------------------------------------------------------------------------------------
 
 WRONG = {
@@ -539,6 +777,11 @@ WRONG = {
     "sink_rate": SINK_WRONG,
     "kurtosis": KURTOSIS_WRONG,
     "quantize_rtn": RTN_WRONG,
+    "hqq_zero_step": HQQ_WRONG,
+    "quantize_activations": ACT_WRONG,
+    "passkey_exact_match": EXACT_WRONG,
+    "log_position_scale": SCALE_WRONG,
+    "learnable_sink": LEARNABLE_SINK_WRONG,
     **(wrong_kernels.WRONG if wrong_kernels else {}),
 }
 RIGHT = {
@@ -557,6 +800,11 @@ RIGHT = {
     "sink_rate": SINK_RIGHT,
     "kurtosis": KURTOSIS_RIGHT,
     "quantize_rtn": RTN_RIGHT,
+    "hqq_zero_step": HQQ_RIGHT,
+    "quantize_activations": ACT_RIGHT,
+    "passkey_exact_match": EXACT_RIGHT,
+    "log_position_scale": SCALE_RIGHT,
+    "learnable_sink": LEARNABLE_SINK_RIGHT,
     **(wrong_kernels.RIGHT if wrong_kernels else {}),
 }
 

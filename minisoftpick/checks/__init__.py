@@ -36,6 +36,11 @@ EXERCISES = {
     "sink_rate": "08_sinks_and_activations",
     "kurtosis": "08_sinks_and_activations",
     "quantize_rtn": "09_quantization",
+    "quantize_activations": "09_quantization",
+    "hqq_zero_step": "09_quantization",
+    "passkey_exact_match": "10_long_context",
+    "log_position_scale": "10_long_context",
+    "learnable_sink": "10_long_context",
 }
 
 
