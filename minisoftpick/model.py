@@ -282,6 +282,13 @@ class Transformer(nn.Module):
         return (logits, recorded) if capture else logits
 
 
+def lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of logits [B, T, V] against targets [B, T]; targets of -100 are not scored."""
+    return F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction
+    )
+
+
 @torch.no_grad()
 def generate(
     model: Transformer, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, generator=None

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .model import lm_loss
 from .settings import progress_disabled
 
 GRANULARITIES = ("per_token", "per_tensor")
@@ -337,7 +338,6 @@ def window_losses(model: nn.Module, tokens, *, seq_len: int | None = None, batch
     same number of tokens, so the mean of the result is the loss per token.
     """
     from .data import evenly_spaced_batches  # quant is usable on any nn.Module without the data layer
-    from .train import lm_loss
 
     config = model.config
     seq_len = seq_len or config.seq_len

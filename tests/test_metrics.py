@@ -6,8 +6,8 @@ import torch
 
 import minisoftpick as msp
 from minisoftpick import metrics, solutions
-from minisoftpick.analyze import analyze
 from minisoftpick.checks import CheckFailed
+from minisoftpick.metrics import analyze
 from minisoftpick.model import ModelConfig, Transformer
 
 
