@@ -7,8 +7,8 @@ with Tq != Tk is bottom-right aligned, as in FlashAttention: query i sees keys j
 ``online_softpick_attention``, ``flash_softpick_attention``) takes (q, k, v, *, causal, scale, eps)
 plus what its backend adds, and validates them with ``check_attention_inputs``.
 
-Empty sizes are allowed: B, Hq or Tq of 0 give an empty result, and a row that sees no key
-(Tk = 0, or Tq > Tk under a causal mask) gives zeros, as a fully masked row does.
+Every size must be at least 1 (an empty q, k or v is a ValueError, for every backend alike). A row
+that sees no key (Tq > Tk under a causal mask) gives zeros, as a fully masked row does.
 """
 
 from __future__ import annotations
@@ -64,11 +64,13 @@ def check_attention_inputs(
         raise ValueError(f"k must have q's batch size {q.shape[0]}, got {k.shape[0]}")
     if k.shape[3] != q.shape[3]:
         raise ValueError(f"k must have q's head_dim {q.shape[3]}, got {k.shape[3]}")
-    if q.shape[3] == 0:
-        raise ValueError(f"head_dim (q.shape[3]) must be at least 1, got shape {tuple(q.shape)}")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(
             f"q's head count ({q.shape[1]}) must be a multiple of k's head count ({k.shape[1]}) for grouped-query attention"
+        )
+    if 0 in q.shape or 0 in k.shape:
+        raise ValueError(
+            f"q, k and v must be non-empty (every size at least 1), got shapes {tuple(q.shape)} and {tuple(k.shape)}"
         )
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
