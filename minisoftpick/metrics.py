@@ -30,7 +30,12 @@ from torch import Tensor
 
 from . import synthetic
 from .attention import causal_mask
-from .model import Capture, Transformer, lm_loss
+from .model import Capture, Transformer, evaluating, lm_loss
+
+
+def _described(x: object) -> str:
+    """A wrong argument as an error message shows it: a tensor's dtype and shape, anything else's type."""
+    return f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def _check_maps(weights: Sequence[Tensor]) -> None:
@@ -105,12 +110,9 @@ def _check_queries(w: Tensor, queries: Tensor) -> None:
         or queries.dtype != torch.bool
         or queries.shape != (w.shape[0], w.shape[2])
     ):
-        got = (
-            f"{queries.dtype} of shape {tuple(queries.shape)}"
-            if isinstance(queries, Tensor)
-            else type(queries).__name__
+        raise ValueError(
+            f"queries must be a bool tensor [B, Tq] = {[w.shape[0], w.shape[2]]}, got {_described(queries)}"
         )
-        raise ValueError(f"queries must be a bool tensor [B, Tq] = {[w.shape[0], w.shape[2]]}, got {got}")
     if not queries.any():
         raise ValueError("queries selects no query position: there is nothing to average")
 
@@ -160,12 +162,9 @@ def first_token_norm_ratio(states: Tensor) -> Tensor:
     well below 1 a *drain*.
     """
     if not isinstance(states, Tensor) or not states.is_floating_point() or states.dim() < 3:
-        got = (
-            f"{states.dtype} of shape {tuple(states.shape)}"
-            if isinstance(states, Tensor)
-            else type(states).__name__
+        raise ValueError(
+            f"states must be a float tensor [B, ..., T, D] with T >= 2, got {_described(states)}"
         )
-        raise ValueError(f"states must be a float tensor [B, ..., T, D] with T >= 2, got {got}")
     if states.shape[-2] < 2:
         raise ValueError(f"states must hold at least 2 positions (dim -2), got shape {tuple(states.shape)}")
     if not torch.isfinite(states).all():
@@ -189,11 +188,8 @@ def analyze(
         raise ValueError(f"threshold must be in (0, 1] (a share of a row's attention), got {threshold}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    logits, capture = model(x.to(device), capture=True)
-    model.train(was_training)
+    with evaluating(model) as device:
+        logits, capture = model(x.to(device), capture=True)
     layers = [
         {
             "layer": i,
@@ -247,13 +243,10 @@ def backcopy_report(model: Transformer, x: Tensor, task: synthetic.BigramBackcop
     bos = task.transition.shape[0]
     if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] < 2 or not torch.all(x[:, 0] == bos):
         raise ValueError(f"x must be backcopy sequences [B, T >= 2] that start with BOS ({bos})")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    x = x.to(device)
-    logits, capture = model(x, capture=True)
-    values = value_states(model, x, capture)
-    model.train(was_training)
+    with evaluating(model) as device:
+        x = x.to(device)
+        logits, capture = model(x, capture=True)
+        values = value_states(model, x, capture)
     dormant, active = synthetic.backcopy_roles(x, task.triggers)
     copied = logits[:, 1:].argmax(-1) == x[:, :-1]  # after a trigger the next token is the one before it
     return {

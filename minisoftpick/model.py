@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +41,7 @@ from .normalizers import (
 )
 
 BACKENDS = ("auto", "naive", "sdpa", "flash")
+IGNORE_INDEX = -100  # a target that lm_loss does not score (synthetic tasks score their answers only)
 
 
 def attention_names() -> list[str]:
@@ -282,10 +285,22 @@ class Transformer(nn.Module):
         return (logits, recorded) if capture else logits
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[torch.device]:
+    """``with evaluating(model) as device:`` runs the block with ``model`` in eval mode and gives the
+    device of its parameters; the model's own mode comes back afterwards, also after an exception."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters(), torch.empty(0)).device
+    finally:
+        model.train(was_training)
+
+
 def lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-    """Cross-entropy of logits [B, T, V] against targets [B, T]; targets of -100 are not scored."""
+    """Cross-entropy of logits [B, T, V] against targets [B, T]; targets of ``IGNORE_INDEX`` are not scored."""
     return F.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
     )
 
 

@@ -29,16 +29,7 @@ not; ``data.random_batch`` says why) and the model records its id (``ModelConfig
 of every N-th step: sinks and activations of the model at that step (``probe``).
 ``--preset backcopy`` trains on the synthetic Bigram-Backcopy task instead, where a softmax model
 grows an attention sink within minutes on a CPU; its probe is ``metrics.backcopy_report``.
-
-The CPU recipe, measured before windows started with BOS (``--preset cpu --no-bos`` reproduces it;
-874,624 parameters, char-level, 600 steps of 32 x 128 tokens) on this project's idle 2-core CPU machine (AMD EPYC, torch 2.13, default threads) by notebook
-07 with MSP_FAST=0, whose cells run ``train(preset("cpu", attention=...))``, the same call as the
-command line above; the val_loss column was reproduced to 4 decimals by a second pair of runs
-(OMP_NUM_THREADS=1, sharing the cores with other jobs, 10.7 and 12.5 min):
-
-    attention   val_loss at step 600   wall time
-    softmax     1.7197                 3.2 min
-    softpick    1.7394                 4.1 min
+The CPU recipe and the losses it reaches are in README.md, "Train one yourself on a laptop".
 """
 
 from __future__ import annotations
@@ -74,7 +65,7 @@ from .cli import python_command, usage_errors
 from .data import DATA_DIR, TOKENIZERS, bos_id, evenly_spaced_batches, load_tokens, random_batch, read_meta
 from .files import atomic_path, write_text
 from .metrics import analyze, backcopy_report
-from .model import ModelConfig, Transformer, attention_names, lm_loss
+from .model import IGNORE_INDEX, ModelConfig, Transformer, attention_names, evaluating, lm_loss
 from .settings import progress_disabled
 
 TASKS = ("shakespeare", "passkey", "backcopy")
@@ -405,16 +396,12 @@ def evaluate(
         )
     else:
         batches = itertools.islice(tokens_or_batches, max_batches)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, scored = 0.0, 0
-    with _autocast(device):
+    with evaluating(model) as device, _autocast(device):
         for x, y in batches:
             y = y.to(device)
             total += lm_loss(model(x.to(device)), y, reduction="sum").item()
-            scored += int((y != -100).sum())
-    model.train(was_training)
+            scored += int((y != IGNORE_INDEX).sum())
     if scored == 0:
         raise ValueError("tokens_or_batches holds no scored target (every y is -100 or there is no batch)")
     return total / scored
