@@ -20,9 +20,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .normalizers import DEFAULT_EPS, Normalizer, check_eps, check_mask, get_normalizer, softpick
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .normalizers import (
+    DEFAULT_EPS,
+    FLOAT_DTYPES,
+    Normalizer,
+    check_eps,
+    check_mask,
+    compute_dtype,
+    get_normalizer,
+    softpick,
+)
 
 
 class AttentionInputs(NamedTuple):
@@ -52,7 +59,7 @@ def check_attention_inputs(
             raise ValueError(
                 f"{name} must have 4 dims [batch, heads, seq, head_dim], got shape {tuple(t.shape)}"
             )
-        if t.dtype not in _FLOAT_DTYPES:
+        if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
@@ -93,11 +100,6 @@ def causal_mask(tq: int, tk: int, device: torch.device | str | None = None) -> T
 def repeat_kv(x: Tensor, groups: int) -> Tensor:
     """[B, Hkv, T, D] -> [B, Hkv * groups, T, D], each key/value head repeated for its query group."""
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other float is computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def naive_attention(

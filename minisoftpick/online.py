@@ -24,8 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .attention import causal_mask, check_attention_inputs, compute_dtype, repeat_kv
-from .normalizers import DEFAULT_EPS, divide_or_zero
+from .attention import causal_mask, check_attention_inputs, repeat_kv
+from .normalizers import DEFAULT_EPS, compute_dtype, divide_or_zero
 
 
 class OnlineState(NamedTuple):
