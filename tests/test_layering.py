@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,22 @@ def test_the_course_layer_loads_on_first_use(name):
     import minisoftpick as msp
 
     assert getattr(msp, name).__name__ == f"{PACKAGE}.{name}"
+
+
+README_ROW = re.compile(r"^\| \w+ \| `(minisoftpick[\w.<>]*)` \|", re.MULTILINE)
+
+
+def test_the_readme_shows_every_module_below_what_it_imports():
+    """README.md's package table has one row per module (``checks.<notebook>`` stands for each
+    notebook's), and every module imports only from its own row or the rows above it."""
+    rows = README_ROW.findall((ROOT / "README.md").read_text())
+    graph = without_package_init(import_graph())
+
+    def row(module: str) -> int:
+        pattern = re.sub(r"\.(checks|solutions)\.(?!core$|cases$)\w+$", r".\1.<notebook>", module)
+        assert pattern in rows, f"README.md's package table has no row for {module}"
+        return rows.index(pattern)
+
+    assert sorted({row(module) for module in graph}) == list(range(len(rows))), "rows without a module"
+    below = {m: sorted(t for t in targets if row(t) > row(m)) for m, targets in graph.items()}
+    assert not {m: t for m, t in below.items() if t}, "modules that import a module listed below them"
