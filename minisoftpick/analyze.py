@@ -27,12 +27,12 @@ from matplotlib.figure import Figure
 
 from .cli import usage_errors
 from .files import atomic_path, write_text
-from .metrics import analyze, backcopy_report  # the measurements; this module runs and plots them
+from .metrics import SINK_THRESHOLD, ZERO_TOL, analyze, backcopy_report  # what this module runs and plots
 from .model import Capture
 from .train import analysis_batch, load_checkpoint, read_checkpoint, run_config
 
 
-def describe_backcopy(report: dict, threshold: float = 0.3) -> str:
+def describe_backcopy(report: dict, threshold: float = SINK_THRESHOLD) -> str:
     """One line per head of a ``backcopy_report``: the sink, the copy, the drain and the peak."""
     lines = [f"backcopy: the model predicts the copied token at {report['copy_accuracy']:.1%} of triggers"]
     for layer in report["layers"]:
@@ -119,8 +119,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", choices=("train", "val"), default="val")
     parser.add_argument("--out", type=Path, default=None, help="default: <run folder>/analysis-<split>")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threshold", type=float, default=0.3, help="sink threshold (Gu et al.: 0.3)")
-    parser.add_argument("--tol", type=float, default=1e-5, help="weights <= tol count as zero")
+    parser.add_argument(
+        "--threshold", type=float, default=SINK_THRESHOLD, help="sink threshold (Gu et al.: %(default)s)"
+    )
+    parser.add_argument("--tol", type=float, default=ZERO_TOL, help="weights <= tol count as zero")
     args = parser.parse_args(argv)
     state = read_checkpoint(args.checkpoint)
     cfg = run_config(state)

@@ -32,6 +32,9 @@ from . import synthetic
 from .attention import causal_mask
 from .model import Capture, Transformer, evaluating, lm_loss
 
+SINK_THRESHOLD = 0.3  # Gu et al. (ICLR 2025): a head whose attention to the first token exceeds it is a sink
+ZERO_TOL = 1e-5  # a weight at most this counts as zero in the sparsity
+
 
 def _described(x: object) -> str:
     """A wrong argument as an error message shows it: a tensor's dtype and shape, anything else's type."""
@@ -58,7 +61,7 @@ def first_token_attention(w: Tensor) -> Tensor:
     return w[..., 0].double().mean(dim=(0, 2))
 
 
-def sink_rate(weights: Sequence[Tensor], threshold: float = 0.3) -> float:
+def sink_rate(weights: Sequence[Tensor], threshold: float = SINK_THRESHOLD) -> float:
     """The fraction of heads over all layers whose ``first_token_attention`` exceeds ``threshold``."""
     _check_maps(weights)
     per_head = torch.cat([first_token_attention(w) for w in weights])
@@ -71,13 +74,13 @@ def _zeros_per_head(w: Tensor, tol: float) -> tuple[Tensor, int]:
     return ((w <= tol) & inside).sum(dim=(0, 2, 3)), int(inside.sum()) * w.shape[0]
 
 
-def zero_fraction(w: Tensor, tol: float = 1e-5) -> Tensor:
+def zero_fraction(w: Tensor, tol: float = ZERO_TOL) -> Tensor:
     """Per head [H]: the fraction of causal entries (diagonal included) with weight <= ``tol``."""
     zeros, entries = _zeros_per_head(w, tol)
     return zeros.double() / entries
 
 
-def attention_sparsity(weights: Sequence[Tensor], tol: float = 1e-5) -> float:
+def attention_sparsity(weights: Sequence[Tensor], tol: float = ZERO_TOL) -> float:
     """The fraction of entries inside the causal triangle, over all layers, whose weight is <= ``tol``."""
     _check_maps(weights)
     counts = [_zeros_per_head(w, tol) for w in weights]
@@ -181,7 +184,12 @@ SHORT_QUERIES = 64  # Gu et al. (ICLR 2025) measure sinks on sequences of 64 tok
 
 @torch.no_grad()
 def analyze(
-    model: Transformer, x: Tensor, y: Tensor | None = None, *, threshold: float = 0.3, tol: float = 1e-5
+    model: Transformer,
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    threshold: float = SINK_THRESHOLD,
+    tol: float = ZERO_TOL,
 ) -> tuple[dict, Capture]:
     """(report, capture): the metrics of ``model`` on token ids x [B, T] and the ``Capture`` behind them."""
     if not 0 < threshold <= 1:
