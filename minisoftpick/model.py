@@ -191,10 +191,9 @@ class Attention(nn.Module):
             q = q * log_position_scale(self.query_scale, t).to(q.dtype)
         weights = None
         backend = self.backend(backend, capture, x.device)
-        if backend == "naive" and capture:
-            out, weights = naive_attention(q, k, v, normalizer=self.normalizer(), return_weights=True)
-        elif backend == "naive":
-            out = naive_attention(q, k, v, normalizer=self.normalizer())
+        if backend == "naive":
+            result = naive_attention(q, k, v, normalizer=self.normalizer(), return_weights=capture)
+            out, weights = result if capture else (result, None)
         elif backend == "sdpa":
             groups = c.n_heads // c.n_kv_heads
             out = F.scaled_dot_product_attention(
