@@ -29,10 +29,10 @@ from minisoftpick.settings import progress_disabled  # noqa: E402
 
 CANDIDATES = {  # tried beside the committed tiles; bench/NOTES.md records what won
     "forward": (Tile(64, 64, 4, 4), Tile(128, 32, 8, 3), Tile(64, 128, 4, 3)),
-    "dq": (Tile(128, 32, 8, 3), Tile(64, 64, 4, 4), Tile(64, 32, 4, 3)),
+    "dq": (Tile(64, 64, 4, 4), Tile(64, 32, 4, 3), Tile(64, 64, 4, 2)),
     "dkdv": (
-        Tile(64, 64, 4, 2, key_rows=False),
-        Tile(128, 32, 8, 2, key_rows=False),
+        Tile(32, 32, 4, 2, key_rows=False),
+        Tile(128, 32, 8, 3, key_rows=False),
         Tile(64, 128, 4, 2, key_rows=False),
         Tile(128, 128, 8, 2, key_rows=False),
         Tile(32, 64, 8, 2, key_rows=True),

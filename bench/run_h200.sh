@@ -10,9 +10,10 @@ python3 -c "import torch, triton; print(torch.cuda.get_device_name(), 'torch', t
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 step() { local limit=$1; shift; echo "== $* (limit ${limit}s)"; local t0=$SECONDS; timeout "$limit" "$@"; echo "== rc $? after $((SECONDS - t0))s"; }
 step "${TILES_LIMIT:-150}" python3 bench/bench_tiles.py --out "$out/bench_tiles_h200"
-step 100 python3 -m pytest tests/test_flash_softpick.py -m gpu -n 8 -q -p no:cacheprovider > "$out/gpu_tests_h200.log" 2>&1
+step "${TESTS_LIMIT:-150}" python3 -m pytest tests/test_flash_softpick.py -m gpu -n 8 -q -p no:cacheprovider > "$out/gpu_tests_h200.log" 2>&1
 tail -3 "$out/gpu_tests_h200.log"
 [ -n "${SKIP_ROOFS:-}" ] || step 25 python3 bench/bench_roofs.py --out "$out/bench_roofs_h200"
 step 90 python3 bench/bench_attention.py --out "$out/bench_attention_h200"
-step 50 python3 bench/bench_train_step.py --out "$out/bench_train_step_h200"
+step 120 python3 bench/bench_train_step.py --out "$out/bench_train_step_h200"
 step 20 python3 bench/bench_decode.py --out "$out/bench_decode_h200"
+step 40 python3 bench/bench_host.py --out "$out/bench_host_h200"

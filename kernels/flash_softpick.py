@@ -398,7 +398,8 @@ def _autotune(tiles: KernelTiles):
 
 
 # Measured on an H200 (bench/bench_tiles.py, bench/NOTES.md): the 8-warp tiles with 2 stages are the
-# head dim 256 winners (and dK/dV's 128 x 64 the head dim 128 one); the rest won at 64 or 128.
+# head dim 256 winners (dQ's 128 x 32, dK/dV's 128 x 32 and 64 x 32 there); dK/dV's 64 x 64 with 2 stages
+# won at 64 and 128.
 FORWARD_TILES = KernelTiles(
     safe=Tile(64, 32, 4, 1),
     tuned=(
@@ -417,6 +418,7 @@ DQ_TILES = KernelTiles(
         Tile(128, 64, 8, 4),
         Tile(128, 128, 8, 3),
         Tile(128, 32, 8, 2),
+        Tile(128, 32, 8, 3),
     ),
 )
 DKDV_TILES = KernelTiles(
@@ -426,9 +428,12 @@ DKDV_TILES = KernelTiles(
         Tile(32, 64, 4, 3, key_rows=True),
         Tile(32, 128, 4, 3, key_rows=True),
         Tile(64, 64, 4, 3, key_rows=False),
+        Tile(64, 64, 4, 2, key_rows=False),
         Tile(64, 64, 8, 2, key_rows=False),
         Tile(64, 128, 8, 3, key_rows=False),
         Tile(128, 64, 8, 2, key_rows=False),
+        Tile(128, 32, 8, 2, key_rows=False),
+        Tile(64, 32, 4, 2, key_rows=False),
     ),
 )
 forward_kernel = _autotune(FORWARD_TILES)(_forward_kernel)

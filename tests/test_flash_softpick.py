@@ -213,6 +213,30 @@ def test_both_dkdv_tile_orientations(key_rows, device, monkeypatch):
     check((1, 4, 2, 45, 70, 32), True, device)
 
 
+KERNEL_TILES = {
+    "forward_kernel": flash_softpick.FORWARD_TILES,
+    "dq_kernel": flash_softpick.DQ_TILES,
+    "dkdv_kernel": flash_softpick.DKDV_TILES,
+}
+EVERY_TILE = [(kernel, tile) for kernel, tiles in KERNEL_TILES.items() for tile in (tiles.safe, *tiles.tuned)]
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize(("kernel", "tile"), EVERY_TILE, ids=[f"{k}-{t}" for k, t in EVERY_TILE])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_gpu)])
+def test_every_tile_the_autotuner_may_pick(kernel, tile, d, device, monkeypatch):
+    """Each tile of each kernel's list, pinned alone, at ragged lengths with GQA in bf16 (the
+    benchmark's dtype, so its compiled tiles are reused). A tile that does not fit this head dim's
+    shared memory is skipped, as the autotuner skips it."""
+    from triton.runtime.errors import OutOfResources
+
+    monkeypatch.setattr(getattr(flash_softpick, kernel), "configs", [tile.config()])
+    try:
+        check((1, 4, 2, 600, 700, d), True, device, torch.bfloat16)
+    except OutOfResources as error:
+        pytest.skip(f"does not fit: {error}")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     """Heads-second views of [B, T, H, D] tensors (what a model's projections give) work as they are."""
