@@ -40,6 +40,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .model import evaluating, lm_loss
+from .normalizers import compute_dtype
 from .settings import progress_disabled
 
 GRANULARITIES = ("per_token", "per_tensor")
@@ -65,11 +67,6 @@ def _check_float(x: object, name: str) -> None:
         raise ValueError(f"{name} must have at least one dimension, got a scalar")
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 stays float64; every other float dtype is computed in float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _grouped(w: Tensor, bits: int, group_size: int) -> Tensor:
     """Validate; return w as [..., n_groups, group_size] in the compute dtype."""
     _check_float(w, "w")
@@ -77,7 +74,7 @@ def _grouped(w: Tensor, bits: int, group_size: int) -> Tensor:
     _check_group_size(group_size)
     if w.shape[-1] % group_size != 0:
         raise ValueError(f"w's last dim ({w.shape[-1]}) must be divisible by group_size ({group_size})")
-    return w.to(_compute_dtype(w)).reshape(*w.shape[:-1], -1, group_size)
+    return w.to(compute_dtype(w.dtype)).reshape(*w.shape[:-1], -1, group_size)
 
 
 def _min_max_step(groups: Tensor, levels: int) -> tuple[Tensor, Tensor]:
@@ -201,7 +198,7 @@ def quantize_activations(x: Tensor, bits: int = 8, granularity: str = "per_token
     _check_bits(bits)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    xf = x.to(_compute_dtype(x))
+    xf = x.to(compute_dtype(x.dtype))
     qmax = 2 ** (bits - 1) - 1
     amax = xf.abs().amax(-1, keepdim=True) if granularity == "per_token" else xf.abs().amax()
     step = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
@@ -354,7 +351,6 @@ def window_losses(model: nn.Module, tokens, *, seq_len: int | None = None, batch
     same number of tokens, so the mean of the result is the loss per token.
     """
     from .data import evenly_spaced_batches  # quant is usable on any nn.Module without the data layer
-    from .train import lm_loss
 
     config = model.config
     seq_len = seq_len or config.seq_len
@@ -364,14 +360,11 @@ def window_losses(model: nn.Module, tokens, *, seq_len: int | None = None, batch
             f"tokens must hold at least one window of seq_len={seq_len}, got {len(tokens)} tokens"
         )
     x_all, y_all = next(evenly_spaced_batches(tokens, windows, seq_len, 1, config.bos_id))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     losses = []
-    for x, y in zip(x_all.split(batch_size), y_all.split(batch_size), strict=True):
-        loss = lm_loss(model(x.to(device)), y.to(device), reduction="none").view(len(x), seq_len)
-        losses.append(loss.mean(dim=1).float().cpu())
-    model.train(was_training)
+    with evaluating(model) as device:
+        for x, y in zip(x_all.split(batch_size), y_all.split(batch_size), strict=True):
+            loss = lm_loss(model(x.to(device)), y.to(device), reduction="none").view(len(x), seq_len)
+            losses.append(loss.mean(dim=1).float().cpu())
     return torch.cat(losses)
 
 
