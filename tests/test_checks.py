@@ -518,6 +518,15 @@ RTN_WRONG = [
     (rtn_with(levels_of=lambda bits: 2**bits), "asymmetric min-max grid: weights on it come back unchanged"),
     (rtn_with(integer_zero=False), "matches RTN on random weights"),
     (lambda w, bits, group_size=64: w.float(), "shape and dtype"),
+    (  # one group for the whole tensor
+        lambda w, bits, group_size=64: rtn_with()(w, bits, w.numel()),
+        "one group per group_size consecutive elements of the last dim",
+    ),
+    (  # groups along dim 0
+        lambda w, bits, group_size=64: rtn_with()(w.T.contiguous(), bits, group_size).T,
+        "one group per group_size consecutive elements of the last dim",
+    ),
+    (rtn_with(levels_of=lambda bits: 2**bits, clamp=False), "at most 2**bits levels per group"),
 ]
 RTN_RIGHT = [solutions.quantize_rtn, rtn_with(), rtn_with(add_zero_first=True)]  # ties may round either way
 

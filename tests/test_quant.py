@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from minisoftpick import checks, solutions
+from minisoftpick import solutions
 from minisoftpick.quant import (
     SETTINGS,
     evaluate_settings,
@@ -363,36 +363,3 @@ def test_evaluate_settings_rows():
 
 
 # ---- notebook 09's check: wrong answers that tests/test_checks.py's table does not list (yet) -------
-
-
-def rtn_with_2_pow_bits_steps(w, bits, group_size=64):
-    """Min-max RTN with 2**bits steps between min and max: 2**bits + 1 levels, one too many."""
-    groups = w.float().reshape(-1, group_size)
-    lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
-    step = (hi - lo) / 2**bits
-    step = torch.where(step > 0, step, lo.abs() + (lo == 0))
-    zero = torch.round(-lo / step)
-    return ((torch.round(groups / step + zero) - zero) * step).reshape(w.shape).to(w.dtype)
-
-
-@pytest.mark.parametrize(
-    ("wrong", "property_name"),
-    [
-        (
-            lambda w, bits, group_size=64: solutions.quantize_rtn(w.reshape(1, -1), bits, w.numel()).view_as(
-                w
-            ),
-            "one group per group_size consecutive elements of the last dim",
-        ),
-        (
-            lambda w, bits, group_size=64: (
-                solutions.quantize_rtn(w.T.reshape(1, -1), bits, group_size).view(w.T.shape).T
-            ),
-            "one group per group_size consecutive elements of the last dim",
-        ),
-        (rtn_with_2_pow_bits_steps, "at most 2**bits levels per group"),
-    ],
-    ids=["one group per tensor", "groups along dim 0", "2**bits steps"],
-)
-def test_rtn_check_rejects(wrong, property_name, assert_rejected):
-    assert_rejected(checks.quantize_rtn, wrong, property_name)
