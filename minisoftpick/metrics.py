@@ -16,7 +16,9 @@
   of the value states shows the *drain* (BOS's value is small, so attending to it adds almost
   nothing), of the residual stream the *peak* (BOS's hidden state is much larger than others').
 
-Attention maps are [B, H, Tq, Tk] tensors, one per layer (``Capture.attn``).
+Attention maps are [B, H, Tq, Tk] tensors, one per layer (``Capture.attn``). ``analyze`` and
+``backcopy_report`` run a model once and report all of these; the trainer's probe logs them during
+training and ``python -m minisoftpick.analyze`` writes them for a checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import synthetic
 from .attention import causal_mask
+from .model import Capture, Transformer, evaluating, lm_loss
+
+SINK_THRESHOLD = 0.3  # Gu et al. (ICLR 2025): a head whose attention to the first token exceeds it is a sink
+ZERO_TOL = 1e-5  # a weight at most this counts as zero in the sparsity
+
+
+def _described(x: object) -> str:
+    """A wrong argument as an error message shows it: a tensor's dtype and shape, anything else's type."""
+    return f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def _check_maps(weights: Sequence[Tensor]) -> None:
@@ -49,7 +61,7 @@ def first_token_attention(w: Tensor) -> Tensor:
     return w[..., 0].double().mean(dim=(0, 2))
 
 
-def sink_rate(weights: Sequence[Tensor], threshold: float = 0.3) -> float:
+def sink_rate(weights: Sequence[Tensor], threshold: float = SINK_THRESHOLD) -> float:
     """The fraction of heads over all layers whose ``first_token_attention`` exceeds ``threshold``."""
     _check_maps(weights)
     per_head = torch.cat([first_token_attention(w) for w in weights])
@@ -62,13 +74,13 @@ def _zeros_per_head(w: Tensor, tol: float) -> tuple[Tensor, int]:
     return ((w <= tol) & inside).sum(dim=(0, 2, 3)), int(inside.sum()) * w.shape[0]
 
 
-def zero_fraction(w: Tensor, tol: float = 1e-5) -> Tensor:
+def zero_fraction(w: Tensor, tol: float = ZERO_TOL) -> Tensor:
     """Per head [H]: the fraction of causal entries (diagonal included) with weight <= ``tol``."""
     zeros, entries = _zeros_per_head(w, tol)
     return zeros.double() / entries
 
 
-def attention_sparsity(weights: Sequence[Tensor], tol: float = 1e-5) -> float:
+def attention_sparsity(weights: Sequence[Tensor], tol: float = ZERO_TOL) -> float:
     """The fraction of entries inside the causal triangle, over all layers, whose weight is <= ``tol``."""
     _check_maps(weights)
     counts = [_zeros_per_head(w, tol) for w in weights]
@@ -101,12 +113,9 @@ def _check_queries(w: Tensor, queries: Tensor) -> None:
         or queries.dtype != torch.bool
         or queries.shape != (w.shape[0], w.shape[2])
     ):
-        got = (
-            f"{queries.dtype} of shape {tuple(queries.shape)}"
-            if isinstance(queries, Tensor)
-            else type(queries).__name__
+        raise ValueError(
+            f"queries must be a bool tensor [B, Tq] = {[w.shape[0], w.shape[2]]}, got {_described(queries)}"
         )
-        raise ValueError(f"queries must be a bool tensor [B, Tq] = {[w.shape[0], w.shape[2]]}, got {got}")
     if not queries.any():
         raise ValueError("queries selects no query position: there is nothing to average")
 
@@ -156,12 +165,9 @@ def first_token_norm_ratio(states: Tensor) -> Tensor:
     well below 1 a *drain*.
     """
     if not isinstance(states, Tensor) or not states.is_floating_point() or states.dim() < 3:
-        got = (
-            f"{states.dtype} of shape {tuple(states.shape)}"
-            if isinstance(states, Tensor)
-            else type(states).__name__
+        raise ValueError(
+            f"states must be a float tensor [B, ..., T, D] with T >= 2, got {_described(states)}"
         )
-        raise ValueError(f"states must be a float tensor [B, ..., T, D] with T >= 2, got {got}")
     if states.shape[-2] < 2:
         raise ValueError(f"states must hold at least 2 positions (dim -2), got shape {tuple(states.shape)}")
     if not torch.isfinite(states).all():
@@ -171,3 +177,106 @@ def first_token_norm_ratio(states: Tensor) -> Tensor:
     if (others == 0).any():
         raise ValueError("the states after position 0 are all zero: the ratio is undefined")
     return norms[..., 0].mean(0) / others
+
+
+SHORT_QUERIES = 64  # Gu et al. (ICLR 2025) measure sinks on sequences of 64 tokens
+
+
+@torch.no_grad()
+def analyze(
+    model: Transformer,
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    threshold: float = SINK_THRESHOLD,
+    tol: float = ZERO_TOL,
+) -> tuple[dict, Capture]:
+    """(report, capture): the metrics of ``model`` on token ids x [B, T] and the ``Capture`` behind them."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1] (a share of a row's attention), got {threshold}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    with evaluating(model) as device:
+        logits, capture = model(x.to(device), capture=True)
+    layers = [
+        {
+            "layer": i,
+            "sink_rate": sink_rate([w], threshold),
+            "attention_sparsity": attention_sparsity([w], tol),
+            "kurtosis": kurtosis(h),
+            "max_abs": max_abs(h),
+            "first_token_attention": first_token_attention(w).tolist(),
+            "first_token_attention_short": first_token_attention(_short(w)).tolist(),
+            "zero_fraction": zero_fraction(w, tol).tolist(),
+        }
+        for i, (w, h) in enumerate(zip(capture.attn, capture.hidden, strict=True))
+    ]
+    report = {
+        "attention": model.config.attention,
+        "loss": lm_loss(logits, y.to(device)).item() if y is not None else None,
+        "sink_rate": sink_rate(capture.attn, threshold),
+        "sink_rate_short": sink_rate([_short(w) for w in capture.attn], threshold),
+        "short_queries": min(SHORT_QUERIES, x.shape[1]),
+        "attention_sparsity": attention_sparsity(capture.attn, tol),
+        "kurtosis_mean": sum(layer["kurtosis"] for layer in layers) / len(layers),
+        "max_abs": max(layer["max_abs"] for layer in layers),
+        "threshold": threshold,
+        "tol": tol,
+        "layers": layers,
+    }
+    return report, capture
+
+
+def value_states(model: Transformer, x: Tensor, capture: Capture) -> list[Tensor]:
+    """Per layer, the value vectors [B, Hkv, T, head_dim] its attention averages: W_v RMSNorm(block input)."""
+    inputs = [model.embed(x), *capture.hidden[:-1]]
+    c = model.config
+    return [
+        block.attn.wv(block.attn_norm(h)).view(*x.shape, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        for block, h in zip(model.blocks, inputs, strict=True)
+    ]
+
+
+@torch.no_grad()
+def backcopy_report(model: Transformer, x: Tensor, task: synthetic.BigramBackcopy | None = None) -> dict:
+    """The Bigram-Backcopy phenomena of ``model`` on sequences x [B, T] of ``synthetic.backcopy_batch``.
+
+    Per layer and head: the weight on BOS at dormant (non-trigger) and active (trigger) queries, the
+    dormant rows' total weight, the active queries' weight on the previous token (the copy), the
+    BOS value norm over other tokens' (drain: << 1); per layer the BOS residual norm over other
+    tokens' (peak: >> 1); and how often the model predicts the copied token after a trigger.
+    ``task`` defaults to ``synthetic.bigram_backcopy_task()``, whose triggers define the roles.
+    """
+    task = synthetic.bigram_backcopy_task() if task is None else task
+    bos = task.transition.shape[0]
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] < 2 or not torch.all(x[:, 0] == bos):
+        raise ValueError(f"x must be backcopy sequences [B, T >= 2] that start with BOS ({bos})")
+    with evaluating(model) as device:
+        x = x.to(device)
+        logits, capture = model(x, capture=True)
+        values = value_states(model, x, capture)
+    dormant, active = synthetic.backcopy_roles(x, task.triggers)
+    copied = logits[:, 1:].argmax(-1) == x[:, :-1]  # after a trigger the next token is the one before it
+    return {
+        "triggers": list(task.triggers),
+        "dormant_queries": int(dormant.sum()),
+        "active_queries": int(active.sum()),
+        "copy_accuracy": copied[active[:, 1:]].double().mean().item(),
+        "layers": [
+            {
+                "layer": i,
+                "bos_attention_dormant": bos_attention(w, dormant).tolist(),
+                "bos_attention_active": bos_attention(w, active).tolist(),
+                "row_mass_dormant": row_mass(w, dormant).tolist(),
+                "previous_token_attention_active": previous_token_attention(w, active).tolist(),
+                "value_norm_ratio": first_token_norm_ratio(v).tolist(),
+                "residual_norm_ratio": first_token_norm_ratio(h).item(),
+            }
+            for i, (w, v, h) in enumerate(zip(capture.attn, values, capture.hidden, strict=True))
+        ],
+    }
+
+
+def _short(w: Tensor) -> Tensor:
+    """The weights of the first ``SHORT_QUERIES`` queries (causal: they see only the first keys)."""
+    return w[:, :, :SHORT_QUERIES, :SHORT_QUERIES]

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +41,7 @@ from .normalizers import (
 )
 
 BACKENDS = ("auto", "naive", "sdpa", "flash")
+IGNORE_INDEX = -100  # a target that lm_loss does not score (synthetic tasks score their answers only)
 
 
 def attention_names() -> list[str]:
@@ -188,10 +191,9 @@ class Attention(nn.Module):
             q = q * log_position_scale(self.query_scale, t).to(q.dtype)
         weights = None
         backend = self.backend(backend, capture, x.device)
-        if backend == "naive" and capture:
-            out, weights = naive_attention(q, k, v, normalizer=self.normalizer(), return_weights=True)
-        elif backend == "naive":
-            out = naive_attention(q, k, v, normalizer=self.normalizer())
+        if backend == "naive":
+            result = naive_attention(q, k, v, normalizer=self.normalizer(), return_weights=capture)
+            out, weights = result if capture else (result, None)
         elif backend == "sdpa":
             groups = c.n_heads // c.n_kv_heads
             out = F.scaled_dot_product_attention(
@@ -280,6 +282,25 @@ class Transformer(nn.Module):
                 recorded.hidden.append(x)
         logits = self.lm_head(self.norm(x))
         return (logits, recorded) if capture else logits
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[torch.device]:
+    """``with evaluating(model) as device:`` runs the block with ``model`` in eval mode and gives the
+    device of its parameters; the model's own mode comes back afterwards, also after an exception."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters(), torch.empty(0)).device
+    finally:
+        model.train(was_training)
+
+
+def lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of logits [B, T, V] against targets [B, T]; targets of ``IGNORE_INDEX`` are not scored."""
+    return F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
+    )
 
 
 @torch.no_grad()

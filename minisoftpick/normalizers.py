@@ -33,7 +33,7 @@ QUERY_SCALE = "query_scale"  # the name of the per-head parameter a query-scaled
 FUSED_BACKENDS = ("flash", "sdpa")  # the Triton softpick kernel, torch's fused softmax attention
 
 Normalizer = Callable[[Tensor, "Tensor | None"], Tensor]
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -161,11 +161,16 @@ def check_mask(mask, shape: torch.Size, device: torch.device) -> Tensor | None:
         raise ValueError(f"mask of shape {tuple(mask.shape)} must broadcast to {tuple(shape)}") from None
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other float is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _prepare(x: Tensor, dim: int, mask) -> tuple[Tensor, Tensor | None]:
     """Validate ``x``/``dim``/``mask``; return x in fp32 (or fp64) and the mask broadcast to x."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x must be a floating tensor (float16, bfloat16, float32, float64), got {x.dtype}")
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension, got a scalar")
@@ -176,7 +181,7 @@ def _prepare(x: Tensor, dim: int, mask) -> tuple[Tensor, Tensor | None]:
             f"dim must be in [{-x.dim()}, {x.dim() - 1}] for x of shape {tuple(x.shape)}, got {dim}"
         )
     mask = check_mask(mask, x.shape, x.device)
-    return (x if x.dtype == torch.float64 else x.float()), mask
+    return x.to(compute_dtype(x.dtype)), mask
 
 
 def _hide(x: Tensor, mask: Tensor | None) -> Tensor:

@@ -24,8 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .attention import causal_mask, check_attention_inputs, compute_dtype, repeat_kv
-from .normalizers import DEFAULT_EPS, divide_or_zero
+from .attention import causal_mask, check_attention_inputs, repeat_kv
+from .normalizers import DEFAULT_EPS, compute_dtype, divide_or_zero
 
 
 class OnlineState(NamedTuple):
@@ -50,7 +50,7 @@ def online_softpick_attention(
     """Softpick attention computed one key block at a time; equals ``naive_attention``.
 
     Never forms the [Tq, Tk] matrix, only [Tq, block_size] tiles. A row that sees no key gives 0,
-    for any eps >= 0 (with Tk = 0 the output is a constant: there is nothing to differentiate). With ``return_state`` returns an ``OnlineState`` with the per-row shift and
+    for any eps >= 0. With ``return_state`` returns an ``OnlineState`` with the per-row shift and
     denominator as well as the output.
     """
     scale, groups, eps = check_attention_inputs(q, k, v, causal=causal, scale=scale, eps=eps)

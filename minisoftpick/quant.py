@@ -40,6 +40,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .model import evaluating, lm_loss
+from .normalizers import compute_dtype
 from .settings import progress_disabled
 
 GRANULARITIES = ("per_token", "per_tensor")
@@ -65,11 +67,6 @@ def _check_float(x: object, name: str) -> None:
         raise ValueError(f"{name} must have at least one dimension, got a scalar")
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """float64 stays float64; every other float dtype is computed in float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _grouped(w: Tensor, bits: int, group_size: int) -> Tensor:
     """Validate; return w as [..., n_groups, group_size] in the compute dtype."""
     _check_float(w, "w")
@@ -77,7 +74,7 @@ def _grouped(w: Tensor, bits: int, group_size: int) -> Tensor:
     _check_group_size(group_size)
     if w.shape[-1] % group_size != 0:
         raise ValueError(f"w's last dim ({w.shape[-1]}) must be divisible by group_size ({group_size})")
-    return w.to(_compute_dtype(w)).reshape(*w.shape[:-1], -1, group_size)
+    return w.to(compute_dtype(w.dtype)).reshape(*w.shape[:-1], -1, group_size)
 
 
 def _min_max_step(groups: Tensor, levels: int) -> tuple[Tensor, Tensor]:
@@ -120,6 +117,25 @@ def _shrink_lp(x: Tensor, beta: float, p: float) -> Tensor:
     return torch.sign(x) * torch.relu(magnitude - magnitude.pow(p - 1) / beta)
 
 
+def hqq_zero_step(
+    groups: Tensor, step: Tensor, zero: Tensor, bits: int, beta: float, p: float = 0.7
+) -> Tensor:
+    """One half-quadratic step of HQQ: the new real-valued zero point of each group.
+
+    ``groups`` [..., n_groups, group_size], ``step`` and ``zero`` [..., n_groups, 1]:
+
+        q   = clamp(round(w / s + z), 0, 2**bits - 1)     the levels the current zero point picks
+        W_e = shrink_lp(w - s (q - z), beta)             the part of the error the lp norm keeps
+        z   <- mean over the group of  q - (w - W_e) / s
+
+    with shrink_lp(x, beta) = sign(x) relu(|x| - |x|^(p-1) / beta) (see ``quantize_hqq``).
+    """
+    levels = 2**bits - 1
+    q = torch.clamp(torch.round(groups / step + zero), 0, levels)
+    w_e = _shrink_lp(groups - step * (q - zero), beta, p)
+    return (q - (groups - w_e) / step).mean(-1, keepdim=True)
+
+
 def quantize_hqq(
     w: Tensor,
     bits: int,
@@ -159,9 +175,7 @@ def quantize_hqq(
     best_zero = zero
     best_error = (groups - _dequantize(groups, step, zero, levels)).abs().mean(-1, keepdim=True)
     for _ in range(iters):
-        q = torch.clamp(torch.round(groups / step + zero), 0, levels)
-        w_e = _shrink_lp(groups - step * (q - zero), beta, p)
-        zero = (q - (groups - w_e) / step).mean(-1, keepdim=True)
+        zero = hqq_zero_step(groups, step, zero, bits, beta, p)
         beta *= kappa
         error = (groups - _dequantize(groups, step, zero, levels)).abs().mean(-1, keepdim=True)
         better = error < best_error
@@ -184,7 +198,7 @@ def quantize_activations(x: Tensor, bits: int = 8, granularity: str = "per_token
     _check_bits(bits)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    xf = x.to(_compute_dtype(x))
+    xf = x.to(compute_dtype(x.dtype))
     qmax = 2 ** (bits - 1) - 1
     amax = xf.abs().amax(-1, keepdim=True) if granularity == "per_token" else xf.abs().amax()
     step = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
@@ -337,7 +351,6 @@ def window_losses(model: nn.Module, tokens, *, seq_len: int | None = None, batch
     same number of tokens, so the mean of the result is the loss per token.
     """
     from .data import evenly_spaced_batches  # quant is usable on any nn.Module without the data layer
-    from .train import lm_loss
 
     config = model.config
     seq_len = seq_len or config.seq_len
@@ -347,14 +360,11 @@ def window_losses(model: nn.Module, tokens, *, seq_len: int | None = None, batch
             f"tokens must hold at least one window of seq_len={seq_len}, got {len(tokens)} tokens"
         )
     x_all, y_all = next(evenly_spaced_batches(tokens, windows, seq_len, 1, config.bos_id))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     losses = []
-    for x, y in zip(x_all.split(batch_size), y_all.split(batch_size), strict=True):
-        loss = lm_loss(model(x.to(device)), y.to(device), reduction="none").view(len(x), seq_len)
-        losses.append(loss.mean(dim=1).float().cpu())
-    model.train(was_training)
+    with evaluating(model) as device:
+        for x, y in zip(x_all.split(batch_size), y_all.split(batch_size), strict=True):
+            loss = lm_loss(model(x.to(device)), y.to(device), reduction="none").view(len(x), seq_len)
+            losses.append(loss.mean(dim=1).float().cpu())
     return torch.cat(losses)
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .model import IGNORE_INDEX, evaluating
 from .settings import progress_disabled
 
 DIGITS = tuple(range(10))
@@ -38,7 +39,6 @@ QUERY = 11
 KEYS = tuple(range(12, 38))
 FILLERS = tuple(range(38, 54))
 VOCAB_SIZE = 54
-IGNORE_INDEX = -100
 TOKENS = (
     [str(d) for d in DIGITS]
     + ["<passkey>", "<query>"]
@@ -147,6 +147,14 @@ def associative_recall_batch(
     return x, _targets(x, context + 2)
 
 
+def exact_match(logits: Tensor, y: Tensor) -> Tensor:
+    """bool [B]: True for each sequence whose greedy prediction ``logits.argmax(-1)`` equals ``y`` at every
+    position ``y`` scores (y != -100). ``logits`` [B, T, vocab] are the model's for x, so logits[:, t]
+    predicts y[:, t] = x[:, t + 1]: no further shift."""
+    scored = y != IGNORE_INDEX
+    return ((logits.argmax(-1) == y) | ~scored).all(-1)
+
+
 @torch.no_grad()
 def passkey_accuracy(
     model: nn.Module,
@@ -160,37 +168,30 @@ def passkey_accuracy(
     """{seq_len: exact-match accuracy} of ``model`` on ``n`` fresh passkey sequences per length.
 
     ``model(x)`` must return logits [B, T, vocab]. A sequence counts as right when the greedy
-    prediction (argmax) at every answer position equals the passkey digit (teacher forcing: the
-    model sees the true earlier digits). Runs in eval mode, on the device of model's parameters,
+    prediction (argmax) at every answer position equals the passkey digit (``exact_match``; teacher
+    forcing: the model sees the true earlier digits). Runs in eval mode, on the device of model's parameters,
     and puts the model back in its mode afterwards.
     """
     for name, value in (("n", n), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    device = next(model.parameters(), torch.empty(0)).device
-    was_training = model.training
-    model.eval()
     accuracy = {}
-    try:
-        with tqdm(total=len(seq_lens) * n, desc="passkey", unit="seq", disable=progress_disabled()) as bar:
-            for seq_len in seq_lens:
-                correct = 0
-                for done in range(0, n, batch_size):
-                    x, y = passkey_batch(
-                        min(batch_size, n - done), seq_len, generator=generator, passkey_len=passkey_len
+    progress = tqdm(total=len(seq_lens) * n, desc="passkey", unit="seq", disable=progress_disabled())
+    with evaluating(model) as device, progress as bar:
+        for seq_len in seq_lens:
+            correct = 0
+            for done in range(0, n, batch_size):
+                x, y = passkey_batch(
+                    min(batch_size, n - done), seq_len, generator=generator, passkey_len=passkey_len
+                )
+                logits = model(x.to(device))
+                if logits.dim() != 3 or logits.shape[:2] != x.shape:
+                    raise ValueError(
+                        f"model must return logits [B, T, vocab], got shape {tuple(logits.shape)}"
                     )
-                    logits = model(x.to(device))
-                    if logits.dim() != 3 or logits.shape[:2] != x.shape:
-                        raise ValueError(
-                            f"model must return logits [B, T, vocab], got shape {tuple(logits.shape)}"
-                        )
-                    answer = y != IGNORE_INDEX
-                    right = (logits.argmax(-1).cpu() == y) | ~answer
-                    correct += int(right.all(-1).sum())
-                    bar.update(x.shape[0])
-                accuracy[seq_len] = correct / n
-    finally:
-        model.train(was_training)
+                correct += int(exact_match(logits.cpu(), y).sum())
+                bar.update(x.shape[0])
+            accuracy[seq_len] = correct / n
     return accuracy
 
 

@@ -28,17 +28,8 @@ not; ``data.random_batch`` says why) and the model records its id (``ModelConfig
 ``generate`` and ``analyze`` read text the same way. ``--probe-interval N`` adds a "probe" to the log line
 of every N-th step: sinks and activations of the model at that step (``probe``).
 ``--preset backcopy`` trains on the synthetic Bigram-Backcopy task instead, where a softmax model
-grows an attention sink within minutes on a CPU; its probe is ``analyze.backcopy_report``.
-
-The CPU recipe, measured before windows started with BOS (``--preset cpu --no-bos`` reproduces it;
-874,624 parameters, char-level, 600 steps of 32 x 128 tokens) on this project's idle 2-core CPU machine (AMD EPYC, torch 2.13, default threads) by notebook
-07 with MSP_FAST=0, whose cells run ``train(preset("cpu", attention=...))``, the same call as the
-command line above; the val_loss column was reproduced to 4 decimals by a second pair of runs
-(OMP_NUM_THREADS=1, sharing the cores with other jobs, 10.7 and 12.5 min):
-
-    attention   val_loss at step 600   wall time
-    softmax     1.7197                 3.2 min
-    softpick    1.7394                 4.1 min
+grows an attention sink within minutes on a CPU; its probe is ``metrics.backcopy_report``.
+The CPU recipe and the losses it reaches are in README.md, "Train one yourself on a laptop".
 """
 
 from __future__ import annotations
@@ -59,7 +50,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -70,10 +60,12 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm.auto import tqdm
 
+from . import synthetic
 from .cli import python_command, usage_errors
 from .data import DATA_DIR, TOKENIZERS, bos_id, evenly_spaced_batches, load_tokens, random_batch, read_meta
 from .files import atomic_path, write_text
-from .model import ModelConfig, Transformer, attention_names
+from .metrics import analyze, backcopy_report
+from .model import IGNORE_INDEX, ModelConfig, Transformer, attention_names, evaluating, lm_loss
 from .settings import progress_disabled
 
 TASKS = ("shakespeare", "passkey", "backcopy")
@@ -314,8 +306,6 @@ def load_task(
     """(vocab size, BOS id or None, sample(generator) -> a global training batch, validation data for
     ``evaluate``). A synthetic task's vocabulary has its own BOS (backcopy) or none (passkey): ``ModelConfig.bos_id`` stays None."""
     if cfg.task != "shakespeare":
-        from . import synthetic
-
         make_batch, vocab_size = synthetic.SYNTHETIC_TASKS[cfg.task]
 
         def sample(generator: torch.Generator) -> Batch:
@@ -334,6 +324,33 @@ def load_task(
     )
 
 
+def run_config(state: dict) -> TrainConfig:
+    """The ``TrainConfig`` of a checkpoint's run; a ``data_dir`` missing here (the run was trained on
+    another machine) becomes this checkout's ``DATA_DIR`` (``load_tokens`` checks the files' sha256s).
+    A run saved before windows started with BOS has no ``bos`` field: it was trained without one."""
+    cfg = TrainConfig(**{"bos": False, **state["train_config"]})
+    if not Path(cfg.data_dir).is_dir():
+        cfg = dataclasses.replace(cfg, data_dir=str(DATA_DIR))
+    return cfg
+
+
+def analysis_batch(cfg: TrainConfig, split: str, batch_size: int, bos: int | None = None) -> Batch:
+    """``batch_size`` windows of ``cfg.seq_len`` tokens spread evenly over ``split`` (synthetic tasks: samples),
+    each starting with ``bos`` when given (the model's ``config.bos_id``: read text as it was trained)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if cfg.task in synthetic.SYNTHETIC_TASKS:
+        generator = (
+            torch.Generator().manual_seed(PASSKEY_VAL_SEED) if split == "val" else step_generator(cfg.seed, 0)
+        )
+        make_batch, _ = synthetic.SYNTHETIC_TASKS[cfg.task]
+        return make_batch(batch_size, cfg.seq_len, generator=generator)
+    tokens = load_tokens(split, cfg.tokenizer, cfg.data_dir)
+    return next(evenly_spaced_batches(tokens, batch_size, cfg.seq_len, 1, bos))
+
+
 def model_config(cfg: TrainConfig, vocab_size: int, bos: int | None = None) -> ModelConfig:
     return ModelConfig(
         vocab_size=vocab_size,
@@ -344,13 +361,6 @@ def model_config(cfg: TrainConfig, vocab_size: int, bos: int | None = None) -> M
         d_model=cfg.d_model,
         attention=cfg.attention,
         bos_id=bos,
-    )
-
-
-def lm_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-    """Cross-entropy of logits [B, T, V] against targets [B, T]; targets of -100 are not scored."""
-    return F.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction
     )
 
 
@@ -396,16 +406,12 @@ def evaluate(
         )
     else:
         batches = itertools.islice(tokens_or_batches, max_batches)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, scored = 0.0, 0
-    with _autocast(device):
+    with evaluating(model) as device, _autocast(device):
         for x, y in batches:
             y = y.to(device)
             total += lm_loss(model(x.to(device)), y, reduction="sum").item()
-            scored += int((y != -100).sum())
-    model.train(was_training)
+            scored += int((y != IGNORE_INDEX).sum())
     if scored == 0:
         raise ValueError("tokens_or_batches holds no scored target (every y is -100 or there is no batch)")
     return total / scored
@@ -721,11 +727,9 @@ def _train(cfg: TrainConfig, procs: _Processes) -> Transformer:
 
 
 def probe(model: Transformer, cfg: TrainConfig) -> dict:
-    """Sinks and activations now: ``analyze.analyze`` on ``PROBE_WINDOWS`` validation windows, per
+    """Sinks and activations now: ``metrics.analyze`` on ``PROBE_WINDOWS`` validation windows, per
     layer without the per-head zero fractions (one log line stays small). A backcopy run's probe is
-    ``analyze.backcopy_report`` on ``PROBE_BATCH`` validation sequences: the sink, copy, drain and peak."""
-    from .analyze import analysis_batch, analyze, backcopy_report  # analyze imports this module
-
+    ``metrics.backcopy_report`` on ``PROBE_BATCH`` validation sequences: the sink, copy, drain and peak."""
     if cfg.task == "backcopy":
         return backcopy_report(model, analysis_batch(cfg, "val", PROBE_BATCH)[0])
     x, y = analysis_batch(cfg, "val", PROBE_WINDOWS, model.config.bos_id)

@@ -48,7 +48,7 @@ def test_value_states_are_what_the_attention_averages():
         _, capture = model(x, capture=True)
         for hook in hooks:
             hook.remove()
-        values = analyze.value_states(model, x, capture)
+        values = metrics.value_states(model, x, capture)
     assert [v.shape for v in values] == [(3, 2, 16, 8)] * 2
     for v, out in zip(values, seen, strict=True):
         torch.testing.assert_close(v, out.view(3, 16, 2, 8).transpose(1, 2))
@@ -58,7 +58,7 @@ def test_backcopy_report_is_the_metrics_of_the_capture():
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=65, seq_len=32, n_layers=2, n_heads=2, d_model=32)).train()
     x, _ = synthetic.backcopy_batch(8, 32, generator=torch.Generator().manual_seed(1))
-    report = analyze.backcopy_report(model, x)
+    report = metrics.backcopy_report(model, x)
     assert model.training  # mode restored
     task = synthetic.bigram_backcopy_task()
     dormant, active = synthetic.backcopy_roles(x, task.triggers)
@@ -108,7 +108,7 @@ def test_committed_runs_show_the_sink_with_softmax_only(attention):
     path = COMMITTED / attention / "checkpoint.pt"
     model = load_checkpoint(path)
     x, _ = analyze.analysis_batch(analyze.run_config(train.read_checkpoint(path)), "val", 64)
-    report = analyze.backcopy_report(model, x)
+    report = metrics.backcopy_report(model, x)
     layer = report["layers"][0]
     assert report["copy_accuracy"] > 0.8  # the head copies after triggers, with either normalizer
     if attention == "softmax":

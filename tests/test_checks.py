@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import minisoftpick as msp
-from minisoftpick import checks, metrics, solutions, train
+from minisoftpick import checks, metrics, quant, solutions, synthetic, train
 from minisoftpick.checks import EXERCISES, CheckFailed
 from minisoftpick.checks.core import FELL_BACK, OUTCOMES, PASSED
 
@@ -383,7 +383,7 @@ ROOFLINE_WRONG = [
     (roofline_with(bytes_per=4), "minimum bytes moved"),
     (roofline_with(training_tensors=4), "minimum bytes moved"),
     (roofline_with(roof=max), "memory-bound below the ridge"),
-    (roofline_with(roofs=(7.5e14, 3.0e12)), "reads the roofs it is given"),
+    (roofline_with(roofs=(7.7e14, 4.3e12)), "reads the roofs it is given"),
     (lambda b, h, t, d, mode, peak_flops, bandwidth: {"flops": 1.0}, "causal forward FLOPs"),
 ]
 ROOFLINE_RIGHT = [solutions.attention_roofline, roofline_with()]
@@ -649,8 +649,255 @@ RTN_WRONG = [
     (rtn_with(levels_of=lambda bits: 2**bits), "asymmetric min-max grid: weights on it come back unchanged"),
     (rtn_with(integer_zero=False), "matches RTN on random weights"),
     (lambda w, bits, group_size=64: w.float(), "shape and dtype"),
+    (  # one group for the whole tensor
+        lambda w, bits, group_size=64: rtn_with()(w, bits, w.numel()),
+        "one group per group_size consecutive elements of the last dim",
+    ),
+    (  # groups along dim 0
+        lambda w, bits, group_size=64: rtn_with()(w.T.contiguous(), bits, group_size).T,
+        "one group per group_size consecutive elements of the last dim",
+    ),
+    (rtn_with(levels_of=lambda bits: 2**bits, clamp=False), "at most 2**bits levels per group"),
 ]
 RTN_RIGHT = [solutions.quantize_rtn, rtn_with(), rtn_with(add_zero_first=True)]  # ties may round either way
+
+# ---- 09 hqq_zero_step: fn(groups, step, zero, bits, beta, p=0.7) -> zero -------------------------------
+
+
+def hqq_step_with(
+    threshold=lambda e, beta, p: e.abs() ** (p - 1) / beta,
+    shrink_sign=-1,
+    clamp=True,
+    integer_zero=False,
+    update_sign=-1,
+    over=-1,
+):
+    """A learner's half-quadratic step with one plausible mistake switched on."""
+
+    def step_fn(groups, step, zero, bits, beta, p=0.7):
+        z = torch.round(zero) if integer_zero else zero
+        q = torch.round(groups / step) + z if integer_zero else torch.round(groups / step + zero)
+        q = torch.clamp(q, 0, 2**bits - 1) if clamp else q
+        e = groups - step * (q - zero)
+        w_e = torch.sign(e) * torch.relu(e.abs() + shrink_sign * threshold(e, beta, p))
+        return (q + update_sign * (groups - w_e) / step).mean(over, keepdim=True)
+
+    return step_fn
+
+
+HQQ_WRONG = [
+    (
+        hqq_step_with(shrink_sign=+1),
+        "beta -> 0: the shrinkage removes every error, z is the least-squares fit",
+    ),
+    (
+        hqq_step_with(threshold=lambda e, beta, p: e.abs() ** (p - 1) * beta),
+        "beta -> infinity: the shrinkage keeps the whole error and z stays",
+    ),
+    (hqq_step_with(threshold=lambda e, beta, p: e.abs() ** p / beta), "p = 1: soft thresholding at 1 / beta"),
+    (
+        hqq_step_with(threshold=lambda e, beta, p: e.abs() ** (1 - p) / beta),
+        "p < 1: the threshold |e|**(p - 1) / beta",
+    ),
+    (hqq_step_with(threshold=lambda e, beta, p: 1 / beta), "p < 1: the threshold |e|**(p - 1) / beta"),
+    (hqq_step_with(update_sign=+1), "beta -> infinity: the shrinkage keeps the whole error and z stays"),
+    (hqq_step_with(clamp=False), "q from the current zero point, clamped to 0 .. 2**bits - 1"),
+    (
+        hqq_step_with(integer_zero=True),
+        "beta -> 0: the shrinkage removes every error, z is the least-squares fit",
+    ),
+    (hqq_step_with(over=(-2, -1)), "one zero point per group"),
+]
+HQQ_RIGHT = [solutions.hqq_zero_step, quant.hqq_zero_step, hqq_step_with()]
+
+# ---- 09 quantize_activations: fn(x, bits=8, granularity="per_token") --------------------------------
+
+
+def act_quant_with(
+    scale=lambda a: a.amax(-1, keepdim=True),
+    per_tensor_scale=lambda a: a.amax(),
+    qmax_of=lambda bits: 2 ** (bits - 1) - 1,
+    rounding=torch.round,
+    guard=True,
+    dequantize=True,
+):
+    """A learner's activation fake-quant with one plausible mistake switched on (``scale`` and
+    ``per_tensor_scale`` map |x| to the max the step divides)."""
+
+    def quantize(x, bits=8, granularity="per_token"):
+        qmax = qmax_of(bits)
+        a = x.float().abs()
+        amax = scale(a) if granularity == "per_token" else per_tensor_scale(a)
+        step = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)) if guard else amax / qmax
+        codes = torch.clamp(rounding(x.float() / step), -qmax, qmax)
+        return (codes * step if dequantize else codes).to(x.dtype)
+
+    return quantize
+
+
+ACT_WRONG = [
+    (act_quant_with(scale=lambda a: a.amax()), "per token: one scale per row of the last dim"),
+    (
+        act_quant_with(per_tensor_scale=lambda a: a.amax(-1, keepdim=True)),
+        "per tensor: one scale shared by every token",
+    ),
+    (
+        act_quant_with(scale=lambda a: 3 * a.mean(-1, keepdim=True)),
+        "symmetric grid from max|x|: values on it come back unchanged",
+    ),
+    (
+        act_quant_with(qmax_of=lambda bits: 2**bits - 1),
+        "symmetric grid from max|x|: values on it come back unchanged",
+    ),
+    (
+        act_quant_with(qmax_of=lambda bits: 2 ** (bits - 1)),
+        "symmetric grid from max|x|: values on it come back unchanged",
+    ),
+    (act_quant_with(rounding=torch.floor), "rounds to the nearest level"),
+    (act_quant_with(rounding=torch.trunc), "rounds to the nearest level"),
+    (act_quant_with(guard=False), "a token of zeros stays zero (no NaN)"),
+    (act_quant_with(dequantize=False), "symmetric grid from max|x|: values on it come back unchanged"),
+    (
+        lambda x, bits=8, granularity="per_token": act_quant_with()(x, bits, granularity).float(),
+        "shape and dtype",
+    ),
+    (lambda x, bits=8: quant.quantize_activations(x, bits), "signature"),
+]
+ACT_RIGHT = [solutions.quantize_activations, quant.quantize_activations, act_quant_with()]
+
+# ---- 10 passkey_exact_match: fn(logits, y) -------------------------------------------------------------
+
+
+def exact_match_with(scored_only=True, shift=False, reduce=lambda right: right.all(-1), average=True):
+    """A learner's passkey metric with one plausible mistake switched on."""
+
+    def exact_match(logits, y):
+        if shift:  # the shift of a language-model loss, applied to targets that are already shifted
+            logits, y = logits[:, :-1], y[:, 1:]
+        right = logits.argmax(-1) == y
+        right = right | (y == -100) if scored_only else right
+        per_sequence = reduce(right).float()
+        return per_sequence.mean().item() if average else per_sequence.sum().item()
+
+    return exact_match
+
+
+EXACT_WRONG = [
+    (exact_match_with(scored_only=False), "scores the answer positions only, y as given"),
+    (exact_match_with(shift=True), "scores the answer positions only, y as given"),
+    (
+        lambda logits, y: ((logits.argmax(-1) == y) & (y != -100)).sum().item() / (y != -100).sum().item(),
+        "a sequence counts only when every digit is right",
+    ),
+    (
+        exact_match_with(reduce=lambda right: right.any(-1)),
+        "a sequence counts only when every digit is right",
+    ),
+    (exact_match_with(average=False), "a fraction of the batch"),
+    (lambda logits, y: [exact_match_with()(logits, y)], "returns a number"),
+]
+EXACT_RIGHT = [
+    solutions.passkey_exact_match,
+    exact_match_with(),
+    lambda logits, y: synthetic.exact_match(logits, y).double().mean(),
+]
+
+# ---- 10 log_position_scale: fn(query_scale, tq, tk=None) -> [H, tq, 1] ---------------------------------
+
+
+def position_scale_with(offset=2, log=torch.log, aligned=True, per_head=True, layout=lambda s: s[:, :, None]):
+    """A learner's log-position scale with one plausible mistake switched on."""
+
+    def scale(query_scale, tq, tk=None):
+        tk = tq if tk is None else tk
+        positions = torch.arange(tq, dtype=torch.float32) + ((tk - tq) if aligned else 0)
+        s = query_scale if per_head else query_scale[:1].expand(len(query_scale))
+        return layout(s[:, None] * log(positions + offset)[None, :])
+
+    return scale
+
+
+SCALE_WRONG = [
+    (position_scale_with(offset=1), "s_h * log(i + 2), natural log, from query 0"),
+    (position_scale_with(log=torch.log2), "s_h * log(i + 2), natural log, from query 0"),
+    (position_scale_with(per_head=False), "one scale per head"),
+    (position_scale_with(aligned=False), "bottom-right aligned: query i sits at position i + tk - tq"),
+    (
+        lambda query_scale, tq, tk=None: position_scale_with()(query_scale.detach(), tq, tk),
+        "the gradient reaches query_scale",
+    ),
+    (position_scale_with(layout=lambda s: s.T), "shape [H, tq, 1], query_scale's dtype"),
+    (position_scale_with(layout=lambda s: s.double()[:, :, None]), "shape [H, tq, 1], query_scale's dtype"),
+]
+SCALE_RIGHT = [
+    solutions.log_position_scale,
+    msp.normalizers.log_position_scale,
+    position_scale_with(),
+]
+
+# ---- 10 learnable_sink: fn(scores, mask, sink) -------------------------------------------------------------
+
+
+def sink_with(
+    shift=lambda x, sink: torch.maximum(x.amax(-1, keepdim=True), sink), hide=True, sink_term=torch.exp
+):
+    """A learner's learnable-sink softmax with one plausible mistake switched on."""
+
+    def normalize(scores, mask, sink):
+        x = scores.masked_fill(~mask, float("-inf")) if hide and mask is not None else scores
+        c = shift(x, sink.to(x.dtype)).detach()
+        e = torch.exp(x - c)
+        if mask is not None and not hide:
+            e = e * mask  # masked keys removed after the sum's shift was taken over them
+        return e / (e.sum(-1, keepdim=True) + sink_term(sink - c))
+
+    return normalize
+
+
+def softmax1_only(scores, mask, sink):
+    return msp.softmax1(scores, mask=mask)
+
+
+LEARNABLE_SINK_WRONG = [
+    (
+        lambda scores, mask, sink: msp.masked_softmax(scores, mask=mask),
+        "sink 0 is softmax1: the sink takes its share of every row",
+    ),
+    (softmax1_only, "one sink logit per head"),
+    (
+        sink_with(sink_term=lambda d: torch.exp(-d)),
+        "sink 0 is softmax1: the sink takes its share of every row",
+    ),
+    (
+        lambda scores, mask, sink: msp.sink_softmax(scores, sink, mask=None) * (1 if mask is None else mask),
+        "masked keys get 0 and stay out of the denominator",
+    ),
+    (sink_with(shift=lambda x, sink: x.amax(-1, keepdim=True)), "a row with no visible key gives zeros"),
+    (sink_with(shift=lambda x, sink: torch.zeros_like(sink)), "stable for large scores"),
+    (
+        lambda scores, mask, sink: msp.sink_softmax(scores, sink.detach(), mask=mask),
+        "the gradient reaches the scores and the sink",
+    ),
+    (
+        lambda scores, mask, s: msp.sink_softmax(scores, s, mask=mask),
+        "registered, it trains in a Transformer",
+        "by keyword",
+    ),
+]
+LEARNABLE_SINK_RIGHT = [
+    solutions.learnable_sink,
+    lambda scores, mask, sink: msp.sink_softmax(scores, sink, mask=mask),
+    sink_with(),
+]
+
+
+def test_the_learnable_sink_check_leaves_the_registry_as_it_found_it():
+    before = dict(msp.NORMALIZERS)
+    checks.learnable_sink(solutions.learnable_sink)
+    with pytest.raises(CheckFailed):
+        checks.learnable_sink(LEARNABLE_SINK_WRONG[-1][0])
+    assert msp.NORMALIZERS == before
+
 
 # ---- the tables ------------------------------------------------------------------------------------
 
@@ -674,6 +921,11 @@ WRONG = {
     "sink_rate": SINK_WRONG,
     "kurtosis": KURTOSIS_WRONG,
     "quantize_rtn": RTN_WRONG,
+    "hqq_zero_step": HQQ_WRONG,
+    "quantize_activations": ACT_WRONG,
+    "passkey_exact_match": EXACT_WRONG,
+    "log_position_scale": SCALE_WRONG,
+    "learnable_sink": LEARNABLE_SINK_WRONG,
     **(wrong_kernels.WRONG if wrong_kernels else {}),
 }
 RIGHT = {
@@ -696,6 +948,11 @@ RIGHT = {
     "sink_rate": SINK_RIGHT,
     "kurtosis": KURTOSIS_RIGHT,
     "quantize_rtn": RTN_RIGHT,
+    "hqq_zero_step": HQQ_RIGHT,
+    "quantize_activations": ACT_RIGHT,
+    "passkey_exact_match": EXACT_RIGHT,
+    "log_position_scale": SCALE_RIGHT,
+    "learnable_sink": LEARNABLE_SINK_RIGHT,
     **(wrong_kernels.RIGHT if wrong_kernels else {}),
 }
 
@@ -830,22 +1087,38 @@ def test_progress_lists_every_exercise_and_what_became_of_it(capsys):
     assert all(name in out for name in EXERCISES) and f"{len(EXERCISES) - 3} not run" in out
 
 
-def test_notebook_05s_stub_is_the_solution_kernel_without_its_loop_body():
-    """One source for the didactic kernel: the notebook's stub is the reference with the loop body left out."""
-    solution = (ROOT / "minisoftpick" / "solutions" / "flash_forward.py").read_text()
-    kernel = solution[solution.index("# fmt: off") : solution.index("# fmt: on")]
-    outside = re.sub(
-        r"        # --- the loop body.*?# --- end of the loop body ---\n", "", kernel, flags=re.DOTALL
+# The Triton stubs of notebooks 05 and 06: (notebook, solution module, the @triton.jit functions of one stub
+# cell by their solution names, the marked part the learner writes).
+KERNEL_STUBS = [
+    ("05_flash_forward", "flash_forward", ("online_update", "flash_forward_kernel"), "loop body"),
+    ("05_flash_forward", "flash_forward", ("flash_forward_blocks_kernel",), "key-block range"),
+    ("06_flash_backward", "flash_backward", ("flash_dq_kernel",), "loop"),
+    ("06_flash_backward", "flash_backward", ("flash_dkdv_kernel",), "loops"),
+]
+
+
+def jit_functions(source: str) -> dict[str, str]:
+    """Each @triton.jit function of the text between ``# fmt: off`` and ``# fmt: on``, by name."""
+    block = source[source.index("# fmt: off") : source.index("# fmt: on")]
+    found = re.findall(r"(@triton\.jit\ndef (\w+)\(.*?)(?=\n\n\n@triton\.jit|\Z)", block, flags=re.DOTALL)
+    return {name: text for text, name in found}
+
+
+@pytest.mark.parametrize(("notebook", "module", "names", "part"), KERNEL_STUBS, ids=lambda x: str(x))
+def test_a_notebooks_kernel_stub_is_the_solution_without_the_learners_part(notebook, module, names, part):
+    """One source for each didactic kernel: the stub is the reference with the marked part left out."""
+    solution = jit_functions((ROOT / "minisoftpick" / "solutions" / f"{module}.py").read_text())
+    expected = "".join(
+        re.sub(rf" *# --- the {part}.*?# --- end of the {part} ---\n", "", solution[name], flags=re.DOTALL)
+        for name in names
     )
-    notebook = json.loads((ROOT / "notebooks" / "05_flash_forward.ipynb").read_text())
-    cell = next(
-        "".join(c["source"])
-        for c in notebook["cells"]
-        if "def my_flash_forward_kernel(" in "".join(c["source"])
-    )
-    stub = cell[cell.index("# fmt: off") : cell.index("# fmt: on")]
-    stub = re.sub(r"        # your code here.*\n        pass\n", "", stub).replace("  # noqa: F841", "")
-    assert stub.replace("my_flash_forward_kernel(", "flash_forward_kernel(").split() == outside.split()
+    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    cell = next("".join(c["source"]) for c in cells if f"def my_{names[0]}(" in "".join(c["source"]))
+    stub = "".join(jit_functions(cell)[f"my_{name}"] for name in names)
+    stub = re.sub(r" *# your code here.*\n", "", stub).replace("  # noqa: F841", "")
+    for name in ("online_update", "flash_forward_kernel", "flash_forward_blocks_kernel", *names):
+        stub = stub.replace(f"my_{name}(", f"{name}(")
+    assert stub.split() == expected.split()
 
 
 def test_an_exercise_named_like_its_module_stays_the_exercise():
@@ -860,3 +1133,22 @@ def test_an_exercise_named_like_its_module_stays_the_exercise():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True", "naive_attention", "naive_attention"]
+
+
+def test_loading_every_exercise_leaves_each_name_an_exercise():
+    """Loading one notebook's checks never shadows another's exercise with a module of the same name (a check
+    module importing an earlier notebook's would put that module in the exercise's place)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import types; from minisoftpick import checks, solutions; from minisoftpick.checks import EXERCISES\n"
+        "shadowed = set()\n"
+        "for n in reversed(EXERCISES):\n"
+        "    getattr(checks, n), getattr(solutions, n)\n"
+        "    shadowed |= {m for m in EXERCISES for p in (checks, solutions)\n"
+        "                 if isinstance(vars(p).get(m), types.ModuleType)}\n"
+        "print(sorted(shadowed))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,20 +29,12 @@ def module_files() -> dict[str, Path]:
     return files
 
 
-def import_nodes(tree: ast.AST, *, in_functions: bool):
-    """The nodes of `tree`, skipping function bodies unless `in_functions` (those run on call, not on import)."""
-    for node in ast.iter_child_nodes(tree):
-        yield node
-        if in_functions or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield from import_nodes(node, in_functions=in_functions)
-
-
-def imported_modules(name: str, path: Path, known: set[str], *, in_functions: bool = True) -> set[str]:
-    """The package modules that `name` imports: anywhere in its file, or (`in_functions=False`) when
-    it is imported."""
+def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package modules that `name` imports anywhere in its file: at its top or deferred into a
+    function, which is as much a dependency (it only runs later)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in import_nodes(ast.parse(path.read_text()), in_functions=in_functions):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -58,12 +51,9 @@ def imported_modules(name: str, path: Path, known: set[str], *, in_functions: bo
     return found
 
 
-def import_graph(*, in_functions: bool = True) -> dict[str, set[str]]:
+def import_graph() -> dict[str, set[str]]:
     files = module_files()
-    return {
-        name: imported_modules(name, path, set(files), in_functions=in_functions)
-        for name, path in files.items()
-    }
+    return {name: imported_modules(name, path, set(files)) for name, path in files.items()}
 
 
 def in_course_layer(module: str) -> bool:
@@ -75,6 +65,7 @@ def test_the_graph_sees_the_package():
     assert "minisoftpick.kernels.flash_softpick" in graph
     assert "minisoftpick.attention" in graph["minisoftpick.online"]
     assert "minisoftpick.checks.core" in graph["minisoftpick.course"]
+    assert "minisoftpick.kernels.flash_softpick" in graph["minisoftpick.model"]  # deferred into a function
 
 
 def test_library_never_imports_the_course_layer():
@@ -120,28 +111,9 @@ def without_package_init(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 
 
 def test_no_import_cycle_anywhere_in_the_package():
-    """No module needs another, when imported, that needs it back. An import deferred into a function
-    (the trainer's probe calls the analysis, which reads checkpoints through the trainer) runs once
-    both modules exist, so it is no cycle."""
-    assert find_cycle(without_package_init(import_graph(in_functions=False))) is None
-
-
-def test_import_nodes_skip_function_bodies_only_when_asked():
-    tree = ast.parse("import a\nclass C:\n    import b\ndef f():\n    import c\n")
-    names = {
-        alias.name
-        for node in import_nodes(tree, in_functions=False)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    }
-    assert names == {"a", "b"}
-    names = {
-        alias.name
-        for node in import_nodes(tree, in_functions=True)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    }
-    assert names == {"a", "b", "c"}
+    """No module needs another that needs it back, counting imports deferred into functions: a
+    deferred import hides a cycle from the interpreter, not from the reader."""
+    assert find_cycle(without_package_init(import_graph())) is None
 
 
 def test_import_is_light_and_has_no_side_effects():
@@ -167,3 +139,22 @@ def test_the_course_layer_loads_on_first_use(name):
     import minisoftpick as msp
 
     assert getattr(msp, name).__name__ == f"{PACKAGE}.{name}"
+
+
+README_ROW = re.compile(r"^\| \w+ \| `(minisoftpick[\w.<>]*)` \|", re.MULTILINE)
+
+
+def test_the_readme_shows_every_module_below_what_it_imports():
+    """README.md's package table has one row per module (``checks.<notebook>`` stands for each
+    notebook's), and every module imports only from its own row or the rows above it."""
+    rows = README_ROW.findall((ROOT / "README.md").read_text())
+    graph = without_package_init(import_graph())
+
+    def row(module: str) -> int:
+        pattern = re.sub(r"\.(checks|solutions)\.(?!core$|cases$)\w+$", r".\1.<notebook>", module)
+        assert pattern in rows, f"README.md's package table has no row for {module}"
+        return rows.index(pattern)
+
+    assert sorted({row(module) for module in graph}) == list(range(len(rows))), "rows without a module"
+    below = {m: sorted(t for t in targets if row(t) > row(m)) for m, targets in graph.items()}
+    assert not {m: t for m, t in below.items() if t}, "modules that import a module listed below them"

@@ -1,13 +1,13 @@
-"""Sink rate, attention sparsity, kurtosis: against brute-force references; the notebook-08 checks."""
+"""Sink rate, attention sparsity, kurtosis: against brute-force references (the notebook-08 checks are
+tested in tests/test_checks.py's table)."""
 
 import numpy as np
 import pytest
 import torch
 
 import minisoftpick as msp
-from minisoftpick import metrics, solutions
-from minisoftpick.analyze import analyze
-from minisoftpick.checks import CheckFailed
+from minisoftpick import metrics
+from minisoftpick.metrics import analyze
 from minisoftpick.model import ModelConfig, Transformer
 
 
@@ -229,105 +229,3 @@ def test_analyze_reports_the_metrics_of_the_captured_tensors():
     assert report["max_abs"] == max(metrics.max_abs(h) for h in capture.hidden)
     assert len(report["layers"][0]["first_token_attention"]) == 2
     assert np.isfinite(report["loss"])
-
-
-# ---- exercise checks ---------------------------------------------------------------------------------
-
-
-def sink_rate_with(
-    to_first=lambda w: w[..., 0], average=lambda a: a.mean(dim=(0, 2)), exceeds=torch.gt, default=0.3
-):
-    def sink_rate(weights, threshold=default):
-        flags = [exceeds(average(to_first(w)), threshold) for w in weights]
-        return torch.cat(flags).double().mean().item()
-
-    return sink_rate
-
-
-def renormalised_rows(w):
-    return (w / w.sum(-1, keepdim=True))[..., 0]
-
-
-def skips_rows_that_attend_nowhere(weights, threshold=0.3):
-    flags = []
-    for w in weights:
-        attends = w.sum(-1) > 0  # [B, H, T]
-        flags.append((w[..., 0] * attends).sum(dim=(0, 2)) / attends.sum(dim=(0, 2)) > threshold)
-    return torch.cat(flags).double().mean().item()
-
-
-@pytest.mark.parametrize(
-    ("wrong", "property_name"),
-    [
-        (sink_rate_with(exceeds=torch.ge), "must exceed the threshold"),
-        (sink_rate_with(to_first=lambda w: w[..., -1]), "first token is the sink"),
-        (sink_rate_with(to_first=lambda w: w[..., 0, :]), "first token is the sink"),
-        (
-            sink_rate_with(to_first=renormalised_rows, average=lambda a: a.nanmean(dim=(0, 2))),
-            "attend nowhere",
-        ),
-        (skips_rows_that_attend_nowhere, "attend nowhere"),
-        (sink_rate_with(average=lambda a: a.mean(dim=2).amax(dim=0)), "averaged over the batch"),
-        (sink_rate_with(default=0.5), "fraction of all heads"),
-        (lambda weights, threshold=0.3: torch.tensor([0.5, 0.5]), "returns a number"),
-    ],
-)
-def test_sink_rate_check_rejects(wrong, property_name, capsys):
-    with pytest.raises(CheckFailed, match=property_name) as failure:
-        msp.checks.sink_rate(wrong)
-    assert "Hint:" in str(failure.value)
-    assert any(
-        line.startswith("  \u2717") and property_name in line for line in capsys.readouterr().out.splitlines()
-    )
-
-
-@pytest.mark.parametrize("right", [solutions.sink_rate, metrics.sink_rate, sink_rate_with()])
-def test_sink_rate_check_accepts(right):
-    assert msp.checks.sink_rate(right) is right
-
-
-def excess_kurtosis(x):
-    return metrics.kurtosis(x) - 3
-
-
-def unbiased_moments(x):
-    d = x.double().flatten() - x.double().mean()
-    return (torch.mean(d**4) / d.var() ** 2).item()
-
-
-def per_row_kurtosis(x):
-    return float(np.mean([metrics.kurtosis(row) for row in x.reshape(-1, x.shape[-1])]))
-
-
-@pytest.mark.parametrize(
-    ("wrong", "property_name"),
-    [
-        (excess_kurtosis, "Pearson kurtosis"),
-        (unbiased_moments, "population moments"),
-        (per_row_kurtosis, "over all elements"),
-        (lambda x: "3.0", "Pearson kurtosis"),
-    ],
-)
-def test_kurtosis_check_rejects(wrong, property_name):
-    with pytest.raises(CheckFailed, match=property_name):
-        msp.checks.kurtosis(wrong)
-
-
-@pytest.mark.parametrize(
-    "right", [solutions.kurtosis, metrics.kurtosis, lambda x: torch.tensor(metrics.kurtosis(x))]
-)
-def test_kurtosis_check_accepts(right):
-    assert msp.checks.kurtosis(right) is right
-
-
-def test_unwritten_stubs_fall_back_to_the_solutions():
-    def stub(*args, **kwargs):
-        raise NotImplementedError
-
-    assert msp.checks.sink_rate(stub) is solutions.sink_rate
-    assert msp.checks.kurtosis(stub) is solutions.kurtosis
-
-
-def test_solutions_mode_checks_the_reference(monkeypatch):
-    monkeypatch.setenv("MSP_SOLUTIONS", "1")
-    assert msp.checks.kurtosis(excess_kurtosis) is solutions.kurtosis

@@ -343,3 +343,15 @@ def test_generate_puts_bos_in_front_of_the_last_seq_len_minus_one_tokens(monkeyp
 def test_bos_id_must_be_a_token_of_the_vocabulary(bos_id):
     with pytest.raises(ValueError, match="bos_id"):
         ModelConfig(vocab_size=VOCAB, bos_id=bos_id)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluating_gives_eval_mode_and_the_device_then_restores_the_mode(training):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train(training)
+    with pytest.raises(RuntimeError, match="inside"):
+        with model_module.evaluating(model) as device:
+            assert device == torch.device("cpu") and not model.training and not model[1].training
+            raise RuntimeError("inside")
+    assert model.training is training and model[1].training is training
+    with model_module.evaluating(torch.nn.ReLU()) as device:  # no parameters: the CPU
+        assert device == torch.device("cpu")

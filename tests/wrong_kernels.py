@@ -1,4 +1,4 @@
-"""Plausible wrong Triton kernels for notebooks 04 and 05's checks, and right ones, for tests/test_checks.py.
+"""Plausible wrong Triton kernels for notebooks 04, 05 and 06's checks, and right ones, for tests/test_checks.py.
 
 Each exercise's wrong kernels are one kernel with constexpr switches, each switch one mistake, run through
 the Triton interpreter on the CPU (or on the GPU when there is one) at the checks' tiny sizes. They keep
@@ -6,6 +6,8 @@ their stores masked: an unmasked store would write past the output for real.
 """
 
 # isort: off
+import inspect
+
 import minisoftpick.kernels  # noqa: F401  (sets TRITON_INTERPRET=1 without a GPU, before the kernels below)
 import torch
 import triton
@@ -288,3 +290,284 @@ RIGHT = {
         lambda q, k, scale: solutions.softpick_rows(solutions.score_tile(q, k, scale)),
     ],
 }
+
+
+# ---- 06 flash_dq and flash_dkdv: fn(q, k, v, out, dout, shift, den, causal=True, scale=None) ------------
+
+# How a backward variant turns the recomputed e = exp(s) / D into dS, and how it hides causal keys.
+DS_SOFTPICK, DS_SOFTMAX, DS_NO_SIGN = 0, 1, 2
+E_SHIFTED, E_UNSHIFTED = 0, 1  # exp(s - c) / den, or exp(s) * exp(-c) / den (equal, but inf * 0 in float32)
+ALIGN_BOTTOM_RIGHT, ALIGN_TOP_LEFT, ALIGN_OFF_BY_ONE = 0, 1, 2
+
+
+# fmt: off
+@triton.jit
+def backward_tile(q, k, v, do, shift, den, delta, rows, cols, offset, scale, CAUSAL: tl.constexpr,
+                  DS: tl.constexpr, E: tl.constexpr, ALIGN: tl.constexpr, MULTIPLY_MASK: tl.constexpr,
+                  RELU: tl.constexpr):
+    """(p, dS) of one [BLOCK_M, BLOCK_N] tile, each switch one mistake."""
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    visible = cols[None, :] <= rows[:, None] + offset
+    if ALIGN == 1:
+        visible = cols[None, :] <= rows[:, None]
+    if ALIGN == 2:
+        visible = cols[None, :] < rows[:, None] + offset
+    if CAUSAL and not MULTIPLY_MASK:
+        s = tl.where(visible, s, 0.0)
+    if E == 0:
+        e = tl.exp(s - shift[:, None]) / den[:, None]
+    else:
+        e = tl.exp(s) * tl.exp(-shift)[:, None] / den[:, None]
+    p = (tl.exp(s - shift[:, None]) - tl.exp(-shift)[:, None]) / den[:, None]
+    if RELU:
+        p = tl.maximum(p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+    if DS == 0:
+        ds = e * tl.where(s > 0, dp - delta[:, None], tl.where(s < 0, delta[:, None], 0.0))
+    elif DS == 1:
+        ds = p * (dp - delta[:, None])
+    else:
+        ds = e * tl.where(s > 0, dp - delta[:, None], -delta[:, None])
+    if CAUSAL and MULTIPLY_MASK:
+        ds = ds * visible
+        p = p * visible
+    return p, ds
+
+
+@triton.jit
+def dq_variant(Q, K, V, Out, DOut, Shift, Den, DQ, scale, q_len, kv_len, group,
+               HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               DS: tl.constexpr, E: tl.constexpr, ALIGN: tl.constexpr, MULTIPLY_MASK: tl.constexpr,
+               SCALE_DQ: tl.constexpr):
+    first_row = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1)
+    rows = first_row + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, HEAD_DIM)
+    tile = head * q_len * HEAD_DIM + rows[:, None] * HEAD_DIM + dims[None, :]
+    q = tl.load(Q + tile, mask=rows[:, None] < q_len, other=0.0)
+    do = tl.load(DOut + tile, mask=rows[:, None] < q_len, other=0.0)
+    delta = tl.sum(tl.load(Out + tile, mask=rows[:, None] < q_len, other=0.0) * do, 1)
+    shift = tl.load(Shift + head * q_len + rows, mask=rows < q_len, other=0.0)
+    den = tl.load(Den + head * q_len + rows, mask=rows < q_len, other=1.0)
+    K += head // group * kv_len * HEAD_DIM
+    V += head // group * kv_len * HEAD_DIM
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for first_col in range(0, kv_len, BLOCK_N):
+        cols = first_col + tl.arange(0, BLOCK_N)
+        k = tl.load(K + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        v = tl.load(V + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        p, ds = backward_tile(q, k, v, do, shift, den, delta, rows, cols, kv_len - q_len, scale, CAUSAL,
+                              DS, E, ALIGN, MULTIPLY_MASK, True)
+        dq += tl.dot(ds, k, input_precision="ieee") * (scale if SCALE_DQ else 1.0)
+    tl.store(DQ + tile, dq, mask=rows[:, None] < q_len)
+
+
+@triton.jit
+def dkdv_variant(Q, K, V, DOut, Shift, Den, Delta, DK, DV, scale, q_len, kv_len, group,
+                 HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 DS: tl.constexpr, E: tl.constexpr, ALIGN: tl.constexpr, MULTIPLY_MASK: tl.constexpr,
+                 SCALE_DK: tl.constexpr, RELU: tl.constexpr, HEADS: tl.constexpr):
+    first_col = tl.program_id(0) * BLOCK_N
+    kv_head = tl.program_id(1)
+    cols = first_col + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, HEAD_DIM)
+    tile = kv_head * kv_len * HEAD_DIM + cols[:, None] * HEAD_DIM + dims[None, :]
+    k = tl.load(K + tile, mask=cols[:, None] < kv_len, other=0.0)
+    v = tl.load(V + tile, mask=cols[:, None] < kv_len, other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    for g in range(HEADS if HEADS > 0 else group):  # HEADS = 1: only the group's first query head
+        head = kv_head * group + g
+        for first_row in range(0, q_len, BLOCK_M):
+            rows = first_row + tl.arange(0, BLOCK_M)
+            rows_tile = head * q_len * HEAD_DIM + rows[:, None] * HEAD_DIM + dims[None, :]
+            q = tl.load(Q + rows_tile, mask=rows[:, None] < q_len, other=0.0)
+            do = tl.load(DOut + rows_tile, mask=rows[:, None] < q_len, other=0.0)
+            shift = tl.load(Shift + head * q_len + rows, mask=rows < q_len, other=0.0)
+            den = tl.load(Den + head * q_len + rows, mask=rows < q_len, other=1.0)
+            delta = tl.load(Delta + head * q_len + rows, mask=rows < q_len, other=0.0)
+            p, ds = backward_tile(q, k, v, do, shift, den, delta, rows, cols, kv_len - q_len, scale, CAUSAL,
+                                  DS, E, ALIGN, MULTIPLY_MASK, RELU)
+            dv += tl.dot(tl.trans(p), do, input_precision="ieee")
+            dk += tl.dot(tl.trans(ds), q, input_precision="ieee") * (scale if SCALE_DK else 1.0)
+    tl.store(DK + tile, dk, mask=cols[:, None] < kv_len)
+    tl.store(DV + tile, dv, mask=cols[:, None] < kv_len)
+# fmt: on
+
+
+def backward_with(
+    kernel, ds=DS_SOFTPICK, e=E_SHIFTED, align=ALIGN_BOTTOM_RIGHT, multiply_mask=False, **switches
+):
+    """A launcher of the dQ (dq_variant) or dK/dV (dkdv_variant) variant with the given mistakes."""
+
+    def launch(q, k, v, out, dout, shift, den, causal=True, scale=None):
+        b, hq, tq, d = q.shape
+        hkv, tk = k.shape[1], k.shape[2]
+        scale = d**-0.5 if scale is None else scale
+        common = dict(HEAD_DIM=d, CAUSAL=causal, BLOCK_M=16, BLOCK_N=16, DS=ds, E=e, ALIGN=align,
+                      MULTIPLY_MASK=multiply_mask, **switches)  # fmt: skip
+        if kernel is dq_variant:
+            dq = torch.empty_like(q)
+            dq_variant[(triton.cdiv(tq, 16), b * hq)](
+                q, k, v, out, dout, shift, den, dq, scale, tq, tk, hq // hkv, **common
+            )
+            return dq
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        delta = (out * dout).sum(-1)
+        dkdv_variant[(triton.cdiv(tk, 16), b * hkv)](
+            q, k, v, dout, shift, den, delta, dk, dv, scale, tq, tk, hq // hkv, **common
+        )
+        return dk, dv
+
+    return launch
+
+
+def dq_with(scale_dq=True, **mistakes):
+    return backward_with(dq_variant, SCALE_DQ=scale_dq, **mistakes)
+
+
+def dkdv_with(scale_dk=True, relu=True, heads=0, **mistakes):
+    return backward_with(dkdv_variant, SCALE_DK=scale_dk, RELU=relu, HEADS=heads, **mistakes)
+
+
+def tiled_dq(q, k, v, out, dout, shift, den, causal=True, scale=None):
+    """Query head h reads key head h % Hkv (tile order) instead of h // group."""
+    group = q.shape[1] // k.shape[1]
+    return solutions.flash_dq(q, k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1), out, dout, shift, den,
+                              causal, scale)  # fmt: skip
+
+
+def tiled_dkdv(q, k, v, out, dout, shift, den, causal=True, scale=None):
+    """Key head j collects query heads j, j + Hkv, ... (tile order) instead of j * group + g."""
+    b, hkv, tk, d = k.shape
+    group = q.shape[1] // hkv
+    grads = solutions.flash_dkdv(q, k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1), out, dout, shift, den,
+                                 causal, scale)  # fmt: skip
+    return tuple(x.view(b, group, hkv, tk, d).sum(1) for x in grads)
+
+
+WRONG["flash_dq"] = [
+    (dq_with(ds=DS_SOFTMAX), "matches autograd, several blocks"),
+    (dq_with(ds=DS_NO_SIGN), "matches autograd, several blocks"),
+    (dq_with(scale_dq=False), "matches autograd, several blocks"),
+    (dq_with(align=ALIGN_OFF_BY_ONE), "causal mask, ragged T"),
+    (dq_with(align=ALIGN_TOP_LEFT), "causal with Tq != Tk is bottom-right aligned"),
+    (tiled_dq, "grouped-query heads"),
+    (dq_with(e=E_UNSHIFTED), "stable for large scores"),
+    (dq_with(multiply_mask=True), "large hidden scores stay hidden"),
+    (lambda q, k, v, out, dout, shift, den, causal=True, scale=None: solutions.flash_dq(
+        q, k, v, out, dout, shift, den, causal, 0.25), "uses scale"),
+    (lambda q, k, v, out, dout, shift, den, causal=True, scale=None: solutions.flash_dq(
+        q, k, v, out, dout, shift, den, causal, scale).double(), "shape and dtype"),
+    (lambda q, k, v, out, dout, shift, den: solutions.flash_dq(q, k, v, out, dout, shift, den), "signature"),
+]  # fmt: skip
+
+WRONG["flash_dkdv"] = [
+    (dkdv_with(ds=DS_SOFTMAX), "matches autograd, several blocks"),
+    (dkdv_with(ds=DS_NO_SIGN), "matches autograd, several blocks"),
+    (dkdv_with(relu=False), "matches autograd, several blocks"),
+    (dkdv_with(scale_dk=False), "matches autograd, several blocks"),
+    (dkdv_with(align=ALIGN_OFF_BY_ONE), "causal mask, ragged T"),
+    (dkdv_with(align=ALIGN_TOP_LEFT), "causal with Tq != Tk is bottom-right aligned"),
+    (dkdv_with(heads=1), "grouped-query heads"),
+    (tiled_dkdv, "grouped-query heads"),
+    (dkdv_with(e=E_UNSHIFTED), "stable for large scores"),
+    (dkdv_with(multiply_mask=True), "large hidden scores stay hidden"),
+    (lambda q, k, v, out, dout, shift, den, causal=True, scale=None: solutions.flash_dkdv(
+        q, k, v, out, dout, shift, den, causal, scale)[0], "shape and dtype"),
+]  # fmt: skip
+
+RIGHT["flash_dq"] = [solutions.flash_dq, dq_with()]
+RIGHT["flash_dkdv"] = [solutions.flash_dkdv, dkdv_with()]
+
+
+# ---- 05 flash_forward_blocks: fn(q, k, v, causal=True, scale=None) -> (out, blocks) ---------------------
+
+# How a variant computes the key-block range [0, unmasked_end) + [unmasked_end, end) of a causal program.
+RIGHT_RANGE, NO_SKIP, ALL_MASKED, TOP_LEFT, FIRST_ROW_END, NOT_ROUNDED = range(6)
+online_update = inspect.getmodule(solutions.flash_forward_blocks).online_update  # the solution's helper
+
+
+# fmt: off
+@triton.jit
+def blocks_variant(Q, K, V, Out, Blocks, scale, q_len, kv_len, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RANGE: tl.constexpr):
+    first_row = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1)
+    Q += head * q_len * HEAD_DIM
+    Out += head * q_len * HEAD_DIM
+    K += head * kv_len * HEAD_DIM
+    V += head * kv_len * HEAD_DIM
+    rows = first_row + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + rows[:, None] * HEAD_DIM + dims[None, :], mask=rows[:, None] < q_len, other=0.0)
+    c = tl.zeros([BLOCK_M], tl.float32)
+    den = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    offset = kv_len - q_len
+    range_offset = 0 if RANGE == 3 else offset
+    unmasked_end = tl.minimum(tl.maximum(first_row + range_offset + 1, 0), kv_len)
+    if RANGE != 5:
+        unmasked_end = unmasked_end // BLOCK_N * BLOCK_N
+    end = tl.minimum(tl.maximum(first_row + BLOCK_M + range_offset, 0), kv_len)
+    if RANGE == 1:
+        end = kv_len
+    if RANGE == 2:
+        unmasked_end = 0
+    if RANGE == 4:
+        end = tl.minimum(tl.maximum(first_row + offset + 1, 0), kv_len)
+    if not CAUSAL:
+        unmasked_end = kv_len
+        end = kv_len
+    unmasked = 0
+    masked = 0
+    for first_col in range(0, unmasked_end, BLOCK_N):
+        cols = first_col + tl.arange(0, BLOCK_N)
+        k = tl.load(K + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        v = tl.load(V + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        c, den, acc = online_update(c, den, acc, q, k, v, rows, cols, offset, scale, False)
+        unmasked += 1
+    for first_col in range(unmasked_end, end, BLOCK_N):
+        cols = first_col + tl.arange(0, BLOCK_N)
+        k = tl.load(K + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        v = tl.load(V + cols[:, None] * HEAD_DIM + dims[None, :], mask=cols[:, None] < kv_len, other=0.0)
+        c, den, acc = online_update(c, den, acc, q, k, v, rows, cols, offset, scale, True)
+        masked += 1
+    den += 1e-6 * tl.exp(-c)
+    tl.store(Out + rows[:, None] * HEAD_DIM + dims[None, :], acc / den[:, None], mask=rows[:, None] < q_len)
+    program = head * tl.num_programs(0) + tl.program_id(0)
+    tl.store(Blocks + program * 2, unmasked)
+    tl.store(Blocks + program * 2 + 1, masked)
+# fmt: on
+
+
+def blocks_with(key_range):
+    """A launcher of blocks_variant, one key head per query head (every case of the check but one)."""
+
+    def launch(q, k, v, causal=True, scale=None):
+        b, hq, tq, d = q.shape
+        group = hq // k.shape[1]
+        k, v = k.repeat_interleave(group, 1).contiguous(), v.repeat_interleave(group, 1).contiguous()
+        out = torch.empty_like(q)
+        blocks = torch.zeros(b, hq, triton.cdiv(tq, 16), 2, dtype=torch.int32, device=q.device)
+        blocks_variant[(triton.cdiv(tq, 16), b * hq)](
+            q.contiguous(), k, v, out, blocks, d**-0.5 if scale is None else scale, tq, k.shape[2],
+            HEAD_DIM=d, CAUSAL=causal, BLOCK_M=16, BLOCK_N=16, RANGE=key_range,
+        )  # fmt: skip
+        return out, blocks
+
+    return launch
+
+
+WRONG["flash_forward_blocks"] = [
+    (blocks_with(NO_SKIP), "blocks: Tq = Tk skips the blocks above the diagonal"),
+    (blocks_with(ALL_MASKED), "blocks: Tq = Tk skips the blocks above the diagonal"),
+    (blocks_with(TOP_LEFT), "out: Tq < Tk, bottom-right aligned"),
+    (blocks_with(FIRST_ROW_END), "out: Tq < Tk, bottom-right aligned"),
+    (blocks_with(NOT_ROUNDED), "out: causal, ragged T"),
+    (
+        lambda q, k, v, causal=True, scale=None: (solutions.flash_forward(q, k, v, causal, scale), None),
+        "shape and dtype",
+    ),
+]
+RIGHT["flash_forward_blocks"] = [solutions.flash_forward_blocks, blocks_with(RIGHT_RANGE)]

@@ -27,7 +27,10 @@ EXERCISES = {
     "attention_weights": "04_triton_primer",
     "flash_forward": "05_flash_forward",
     "flash_forward_state": "05_flash_forward",
+    "flash_forward_blocks": "05_flash_forward",
     "softpick_score_grad": "06_flash_backward",
+    "flash_dq": "06_flash_backward",
+    "flash_dkdv": "06_flash_backward",
     "attention_roofline": "06_flash_backward",
     "count_params": "07_training",
     "learning_rate": "07_training",
@@ -37,6 +40,11 @@ EXERCISES = {
     "sink_rate": "08_sinks_and_activations",
     "kurtosis": "08_sinks_and_activations",
     "quantize_rtn": "09_quantization",
+    "quantize_activations": "09_quantization",
+    "hqq_zero_step": "09_quantization",
+    "passkey_exact_match": "10_long_context",
+    "log_position_scale": "10_long_context",
+    "learnable_sink": "10_long_context",
 }
 
 

@@ -1,4 +1,12 @@
-"""Notebook 06's exercise: the gradient of softpick attention's scores (docs/design.md, "Backward")."""
+"""Notebook 06's exercises: the gradient of softpick attention's scores (docs/design.md, "Backward"), the
+inner loops of the two backward kernels in Triton, and a roofline.
+
+``flash_dq`` and ``flash_dkdv`` take the learner's launcher ``fn(q, k, v, out, dout, shift, den, causal=True,
+scale=None)``, as notebook 05's checks do: the learner's Triton kernel runs through the interpreter on the CPU
+(on the GPU when there is one). Its inputs are float32: q, k, v and dout random, out and the per-row shift c
+and den the forward state of the package's online algorithm (``return_state=True``, what the kernel saves),
+computed in float64. The reference is autograd through float64 naive attention.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,22 @@ import torch
 from torch import Tensor
 
 from .. import tolerances
+from ..attention import naive_attention as reference_attention
+from ..kernels import interpreting, kernel_device
 from ..normalizers import softpick as reference_softpick
+from ..online import online_softpick_attention
+from .cases import LARGE_HIDDEN_SCORES, LARGE_SCORES, qkv_with_scores, randn
 from .core import Exercise, Mismatch, Property, call
+
+# As in notebook 05's checks (not imported from there: importing checks/flash_forward.py as a module would
+# shadow the exercise checks.flash_forward with it).
+TOLERANCE = tolerances.kernel(interpreting())
+D = 16  # the head dim of every case: the smallest tl.dot takes on a GPU
+
+
+def on_device(*tensors):
+    return tuple(x.float().to(kernel_device()) for x in tensors)
+
 
 EPS = 1e-6  # msp.softpick's default eps, which the forward's saved den includes
 
@@ -103,7 +125,7 @@ softpick_score_grad = Exercise(
 BF16_BYTES = 2
 FORWARD_TENSORS, TRAINING_TENSORS = 4, 12  # q, k, v, out; and dO, dq, dk, dv, q, k, v, out again
 TRAINING_OVER_FORWARD = 3.5  # forward + backward FLOPs over the forward's, as bench/bench_attention.py counts
-H100_ROOFS = {"peak_flops": 7.5e14, "bandwidth": 3.0e12}  # round numbers of the measured roofs' size
+H200_ROOFS = {"peak_flops": 7.7e14, "bandwidth": 4.3e12}  # results/bench_roofs_h200.json, rounded
 
 
 def roofline_reference(b, h, t, d, mode, peak_flops, bandwidth) -> Tensor:
@@ -124,7 +146,7 @@ def three_numbers(fn, *args, **kwargs) -> Tensor:
 
 
 def shape(b, h, t, d, mode, **roofs):
-    return lambda g: call(b, h, t, d, mode, **(roofs or H100_ROOFS))
+    return lambda g: call(b, h, t, d, mode, **(roofs or H200_ROOFS))
 
 
 def part(index: int):
@@ -193,4 +215,199 @@ attention_roofline = Exercise(
             "use the peak_flops and bandwidth arguments, not numbers of one machine",
         ),
     ],
+)
+
+
+# ---- the backward kernels' inner loops ----------------------------------------------------------------
+
+
+def with_forward_state(q, k, v, g: torch.Generator, **kwargs):
+    """The launchers' arguments: q, k, v, a random dout, and out, shift, den of the float64 forward."""
+    dout = randn(g, *q.shape)
+    causal, scale = kwargs.get("causal", True), kwargs.get("scale")
+    state = online_softpick_attention(q, k, v, causal=causal, scale=scale, return_state=True)
+    return call(*on_device(q, k, v, state.out, dout, state.shift, state.denominator), **kwargs)
+
+
+def backward_case(hq: int, hkv: int, tq: int, tk: int, std: float = 1.0, **kwargs):
+    """B = 1, Hq query heads over Hkv key/value heads, scores about std^2 N(0, 1)."""
+
+    def inputs(g: torch.Generator):
+        q = randn(g, 1, hq, tq, D, std=std)
+        k, v = randn(g, 1, hkv, tk, D, std=std), randn(g, 1, hkv, tk, D)
+        return with_forward_state(q, k, v, g, **kwargs)
+
+    return inputs
+
+
+def backward_scores_case(scores, tq: int):
+    """Causal, one head, every query scoring scores[j] on key j."""
+    return lambda g: with_forward_state(*qkv_with_scores(g, torch.tensor(scores), tq, D), g)
+
+
+def autograd_gradients(q, k, v, out, dout, shift, den, causal=True, scale=None) -> tuple[Tensor, ...]:
+    """(dq, dk, dv) of naive attention for the upstream gradient dout, as autograd finds them."""
+    q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
+    return torch.autograd.grad(reference_attention(q, k, v, causal=causal, scale=scale), (q, k, v), dout)
+
+
+def reference_dq(*args, **kwargs) -> Tensor:
+    return autograd_gradients(*args, **kwargs)[0]
+
+
+def reference_dkdv(*args, **kwargs) -> tuple[Tensor, Tensor]:
+    return autograd_gradients(*args, **kwargs)[1:]
+
+
+def gradient_pair(fn, *args, **kwargs) -> tuple[Tensor, Tensor]:
+    """fn's (dk, dv), checked to be two tensors."""
+    result = fn(*args, **kwargs)
+    if (
+        not isinstance(result, tuple | list)
+        or len(result) != 2
+        or not all(isinstance(x, Tensor) for x in result)
+    ):
+        raise Mismatch(f"your launcher returned {type(result).__name__}, expected a tuple (dk, dv)")
+    return tuple(result)
+
+
+def one_of_pair(index: int):
+    """For a layout row: observe dk (0) or dv (1) of fn and of the reference."""
+    return {
+        "observe": lambda fn, *args, **kwargs: gradient_pair(fn, *args, **kwargs)[index],
+        "expected": lambda *args, **kwargs: reference_dkdv(*args, **kwargs)[index],
+    }
+
+
+# In the large-score cases keys are about 1200 long (score 300 times sqrt(D)), and dq = scale * dS K sums
+# terms of that size to results near 0: float32 rounding leaves about 1e-4 there (measured 1.4e-4).
+LARGE_KEYS = tolerances.Tolerance(atol=max(1e-3, TOLERANCE.atol), rtol=TOLERANCE.rtol)
+
+CAUSAL_HINT = (
+    "under CAUSAL, s = tl.where(cols[None, :] <= rows[:, None] + offset, s, 0.0): a score of exactly 0 gets "
+    "exactly zero gradient (1[s > 0] = sign(s) = 0), and offset = Tk - Tq aligns the mask bottom-right"
+)
+STABLE_HINT = (
+    "exp(s) / D = exp(s - c) / den with the saved shift c: never exp(s) (inf in float32 above 88.7), nor "
+    "exp(s) * exp(-c) (inf * 0 = NaN)"
+)
+HIDDEN_HINT = (
+    "set hidden scores to 0 with tl.where before any exp: exp(400 - c) is inf, and multiplying by the mask "
+    "after it gives inf * 0 = NaN"
+)
+
+
+def shared_properties(layout: list[Property], matches_hint: str, gqa_hint: str) -> list[Property]:
+    """The table both backward loops are checked on; ``layout`` first, the hints that differ given."""
+    return [
+        *layout,
+        Property(
+            "matches autograd, several blocks",
+            "non-causal, B = 1, H = 2, Tq = Tk = 48, D = 16, scores about 2 * N(0, 1)",
+            backward_case(2, 2, 48, 48, std=2**0.5, causal=False),
+            matches_hint,
+        ),
+        Property(
+            "uses scale",
+            "non-causal, Tq = Tk = 32, scale = 0.7",
+            backward_case(1, 1, 32, 32, causal=False, scale=0.7),
+            "s = scale * q k^T, and scale again in dQ = scale * dS K, dK = scale * dS^T Q (the launcher passes "
+            "1/sqrt(D) when scale is None)",
+        ),
+        Property(
+            "causal mask, ragged T",
+            "causal, H = 2, Tq = Tk = 37 (not a multiple of the block)",
+            backward_case(2, 2, 37, 37),
+            CAUSAL_HINT,
+        ),
+        Property(
+            "causal with Tq != Tk is bottom-right aligned",
+            "causal, Tq = 20, Tk = 45",
+            backward_case(1, 1, 20, 45),
+            CAUSAL_HINT,
+        ),
+        Property(
+            "grouped-query heads",
+            "causal, Hq = 4, Hkv = 2, Tq = Tk = 33",
+            backward_case(4, 2, 33, 33),
+            gqa_hint,
+        ),
+        Property(
+            "queries that see no key add nothing",
+            "causal, Tq = 20, Tk = 9: the first 11 queries see no key",
+            backward_case(1, 1, 20, 9),
+            "a row that sees no key has every score 0 (hidden): its weights, dS and gradients are exactly 0",
+        ),
+        Property(
+            "stable for large scores",
+            f"causal, every query scores {LARGE_SCORES} on keys 0-5 (float32)",
+            backward_scores_case(LARGE_SCORES, 6),
+            STABLE_HINT,
+            tolerance=LARGE_KEYS,
+        ),
+        Property(
+            "large hidden scores stay hidden",
+            f"causal, every query scores {LARGE_HIDDEN_SCORES} (float32): queries 0-3 cannot see the 400s",
+            backward_scores_case(LARGE_HIDDEN_SCORES, 6),
+            HIDDEN_HINT,
+            tolerance=LARGE_KEYS,
+        ),
+    ]
+
+
+LAUNCHER = "(q, k, v, out, dout, shift, den, causal=True, scale=None)"
+INPUTS = (
+    "float32 q, out, dout [B, Hq, Tq, D], k, v [B, Hkv, Tk, D] (D = 16, Hq a multiple of Hkv) and the forward's "
+    "shift c and den [B, Hq, Tq] on the kernel's device, scale defaulting to 1/sqrt(D)"
+)
+
+flash_dq = Exercise(
+    name="flash_dq",
+    contract=f"fn{LAUNCHER} -> dq [B, Hq, Tq, D]: the gradient of softpick attention with respect to q, for {INPUTS}",
+    reference=reference_dq,
+    seed=16,
+    tolerance=TOLERANCE,
+    properties=shared_properties(
+        [
+            Property(
+                "shape and dtype",
+                "q, k, v = randn(1, 1, 16, 16)",
+                backward_case(1, 1, 16, 16),
+                "return a new float32 tensor shaped like q, on q's device",
+                layout=True,
+            )
+        ],
+        matches_hint="per key block: s = scale * q k^T, e = exp(s - c) / den, dp = dO v^T, dS = e * (1[s > 0] * dp - "
+        "sign(s) * Delta) (tl.where(s > 0, dp - delta, tl.where(s < 0, delta, 0))), dq += scale * dS @ k",
+        gqa_hint="query head bh reads key/value head bh // group (the set-up does it): check the loop uses K and V "
+        "as offset there",
+    ),
+)
+
+flash_dkdv = Exercise(
+    name="flash_dkdv",
+    contract=f"fn{LAUNCHER} -> (dk, dv), each [B, Hkv, Tk, D]: the gradients of softpick attention with respect to "
+    f"k and v, summed over the query heads of each key/value head, for {INPUTS}",
+    reference=reference_dkdv,
+    observe=gradient_pair,
+    seed=17,
+    tolerance=TOLERANCE,
+    properties=shared_properties(
+        [
+            Property(
+                "shape and dtype",
+                f"q, k, v = randn(1, 1, 16, 16), {part}",
+                backward_case(1, 1, 16, 16),
+                "return (dk, dv), two new float32 tensors shaped like k and v, on k's device",
+                layout=True,
+                **one_of_pair(i),
+            )
+            for i, part in enumerate(("dk", "dv"))
+        ],
+        matches_hint="per query block: s = scale * q k^T, p = relu(exp(s - c) - exp(-c)) / den (the forward's "
+        "weights), dv += p^T @ dO; dp = dO v^T, dS = exp(s - c) / den * (1[s > 0] * dp - sign(s) * Delta), "
+        "dk += scale * dS^T @ q (input 0 is dk, input 1 is dv)",
+        gqa_hint="key/value head bkv was read by query heads bkv * group + g for g < group: loop over all of them "
+        "and add their gradients into the same dk and dv (repeat_interleave order, not tile order)",
+    ),
 )

@@ -1,6 +1,7 @@
-"""Notebook 05's exercise: a flash softpick forward kernel (docs/design.md, "Online recurrence").
+"""Notebook 05's exercises: a flash softpick forward kernel (docs/design.md, "Online recurrence").
 
-``flash_forward`` takes the learner's launcher ``fn(q, k, v, causal=True, scale=None) -> out``. A Triton
+``flash_forward`` (the loop body), ``flash_forward_state`` (the whole kernel) and ``flash_forward_blocks``
+(the causal key-block range, counted) take the learner's launcher ``fn(q, k, v, causal=True, scale=None) -> out``. A Triton
 kernel cannot take a Python callback, so the learner writes the whole small kernel in the notebook and
 passes its launcher; an unfinished launcher or kernel raises NotImplementedError. Inputs are float32 on
 the GPU when there is one, else on the CPU for the Triton interpreter, and tiny (the interpreter is
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import tolerances
+from ..attention import causal_mask
 from ..attention import naive_attention as reference_attention
 from ..kernels import interpreting, kernel_device
 from ..online import online_softpick_attention
@@ -205,6 +207,126 @@ flash_forward_state = Exercise(
             f"causal, every query scores {LARGE_SCORES} on keys 0-5 (float32)",
             scores_case(LARGE_SCORES, 6),
             "c = max(c, rowmax(s)) in every block, exp(s - c_new): every term in [-1, 1]",
+        ),
+    ],
+)
+
+
+# ---- the key-block range -----------------------------------------------------------------------------
+
+BLOCK = 16  # the didactic kernels' BLOCK_M = BLOCK_N
+
+
+def out_and_blocks(fn, q, k, v, **kwargs) -> tuple[Tensor, Tensor]:
+    """fn's (out, blocks), checked for types and the shape of blocks."""
+    result = fn(q, k, v, **kwargs)
+    if (
+        not isinstance(result, tuple | list)
+        or len(result) != 2
+        or not all(isinstance(x, Tensor) for x in result)
+    ):
+        raise Mismatch(f"your launcher returned {type(result).__name__}, expected a tuple (out, blocks)")
+    programs = (*q.shape[:2], -(-q.shape[2] // BLOCK), 2)
+    if tuple(result[1].shape) != programs:
+        raise Mismatch(f"blocks has shape {tuple(result[1].shape)}, expected {programs}")
+    return tuple(result)
+
+
+def expected_blocks(q, k, v, causal=True, scale=None) -> Tensor:
+    """Per (batch, head, program): the key blocks that every real row of the program sees whole (computed without
+    the mask), and the other blocks some row sees (computed with it); blocks no row sees are skipped."""
+    tq, tk = q.shape[2], k.shape[2]
+    visible = causal_mask(tq, tk) if causal else torch.ones(tq, tk, dtype=torch.bool)
+    counts = []
+    for first_row in range(0, tq, BLOCK):
+        tiles = [visible[first_row : first_row + BLOCK, j : j + BLOCK] for j in range(0, tk, BLOCK)]
+        whole = sum(bool(tile.all()) for tile in tiles)
+        counts.append((whole, sum(bool(tile.any()) for tile in tiles) - whole))
+    return torch.tensor(counts, dtype=torch.float64).expand(*q.shape[:2], -1, 2)
+
+
+OUT = {"observe": lambda fn, *args, **kwargs: out_and_blocks(fn, *args, **kwargs)[0]}
+BLOCKS = {
+    "observe": lambda fn, *args, **kwargs: out_and_blocks(fn, *args, **kwargs)[1].double(),
+    "expected": expected_blocks,
+    "tolerance": tolerances.EXACT,
+}
+RANGE_HINT = (
+    "row i sees key j <= i + offset, offset = Tk - Tq: the program's last row sees keys below first_row + "
+    "BLOCK_M + offset, so end = min(max(first_row + BLOCK_M + offset, 0), Tk); its first row sees every key below "
+    "first_row + offset + 1, so whole blocks run up to unmasked_end = min(max(first_row + offset + 1, 0), Tk) "
+    "// BLOCK_N * BLOCK_N (rounded down: a block past it holds a key some row may not see)"
+)
+
+flash_forward_blocks = Exercise(
+    name="flash_forward_blocks",
+    contract="fn(q, k, v, causal=True, scale=None) -> (out, blocks): your forward kernel computing only the key "
+    "blocks its rows see, [0, unmasked_end) without the causal mask and [unmasked_end, end) with it, for float32 q "
+    "[B, Hq, Tq, D], k and v [B, Hkv, Tk, D] (D = 16); blocks [B, Hq, programs, 2] counts the two kinds per program",
+    reference=reference_attention,
+    observe=out_and_blocks,
+    seed=13,
+    tolerance=TOLERANCE,
+    properties=[
+        Property(
+            "shape and dtype",
+            "q, k, v = randn(1, 1, 16, 16)",
+            kernel_case(16, 16),
+            "return (out, blocks), out a new float32 tensor shaped like q, on q's device",
+            layout=True,
+            **OUT,
+        ),
+        Property(
+            "out: causal, ragged T",
+            "causal, H = 2, Tq = Tk = 37",
+            kernel_case(37, 37, heads=2, std=2**0.5),
+            RANGE_HINT,
+            **OUT,
+        ),
+        Property(
+            "out: Tq < Tk, bottom-right aligned",
+            "causal, Hq = 2, Hkv = 1, Tq = 20, Tk = 45",
+            gqa_case(2, 1, 20, 45),
+            RANGE_HINT,
+            **OUT,
+        ),
+        Property(
+            "out: Tq > Tk, rows that see no key",
+            "causal, Tq = 50, Tk = 9: the first 41 queries see no key",
+            kernel_case(50, 9),
+            "with Tq > Tk, first_row + offset + 1 can be negative: clamp both ends at 0 (tl.maximum) so that a "
+            "program whose rows see no key visits no block and outputs 0",
+            **OUT,
+        ),
+        Property(
+            "blocks: non-causal visits every block unmasked",
+            "non-causal, Tq = 20, Tk = 40: 3 key blocks per program",
+            kernel_case(20, 40, causal=False),
+            "without CAUSAL every block is whole: unmasked_end = end = Tk; count each loop's iterations "
+            "(unmasked += 1 in the first loop, masked += 1 in the second)",
+            **BLOCKS,
+        ),
+        Property(
+            "blocks: Tq = Tk skips the blocks above the diagonal",
+            "causal, Tq = Tk = 64: program i computes i blocks whole and 1 masked",
+            kernel_case(64, 64),
+            "a block that no row of the program sees adds nothing: stop at end, and run the blocks every row "
+            "sees whole without the mask. " + RANGE_HINT,
+            **BLOCKS,
+        ),
+        Property(
+            "blocks: Tq < Tk, bottom-right aligned",
+            "causal, Tq = 40, Tk = 96",
+            kernel_case(40, 96),
+            RANGE_HINT,
+            **BLOCKS,
+        ),
+        Property(
+            "blocks: Tq > Tk, programs that see no key visit none",
+            "causal, Tq = 48, Tk = 16: programs 0 and 1 see no key",
+            kernel_case(48, 16),
+            "clamp both ends at 0: range(0, negative) runs no iteration",
+            **BLOCKS,
         ),
     ],
 )
