@@ -5,7 +5,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import tolerances
 from .core import Call, call
+
+KERNEL_HEAD_DIM = 16  # the head dim of every kernel exercise's cases: the smallest tl.dot takes on a GPU
+
+
+def kernel_tolerance():
+    """The tolerances of the kernel exercises' checks, for the interpreter or a GPU, whichever runs them."""
+    from ..kernels import interpreting  # deferred: the non-kernel exercises never load the kernels package
+
+    return tolerances.kernel(interpreting())
+
+
+def on_kernel_device(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors in float32 where the kernels run (the CPU under the interpreter, else the GPU)."""
+    from ..kernels import kernel_device
+
+    return tuple(x.float().to(kernel_device()) for x in tensors)
 
 
 def randn(g: torch.Generator, *shape: int, std: float = 1.0, dtype=torch.float64) -> Tensor:

@@ -15,30 +15,30 @@ from torch import Tensor
 
 from .. import tolerances
 from ..attention import naive_attention as reference_attention
-from ..kernels import interpreting, kernel_device
+from ..normalizers import DEFAULT_EPS
 from ..normalizers import softpick as reference_softpick
 from ..online import online_softpick_attention
-from .cases import LARGE_HIDDEN_SCORES, LARGE_SCORES, qkv_with_scores, randn
+from .cases import (
+    KERNEL_HEAD_DIM,
+    LARGE_HIDDEN_SCORES,
+    LARGE_SCORES,
+    kernel_tolerance,
+    on_kernel_device,
+    qkv_with_scores,
+    randn,
+)
 from .core import Exercise, Mismatch, Property, call
 
-# As in notebook 05's checks (not imported from there: importing checks/flash_forward.py as a module would
-# shadow the exercise checks.flash_forward with it).
-TOLERANCE = tolerances.kernel(interpreting())
-D = 16  # the head dim of every case: the smallest tl.dot takes on a GPU
-
-
-def on_device(*tensors):
-    return tuple(x.float().to(kernel_device()) for x in tensors)
-
-
-EPS = 1e-6  # msp.softpick's default eps, which the forward's saved den includes
+TOLERANCE = kernel_tolerance()
+D = KERNEL_HEAD_DIM
+on_device = on_kernel_device
 
 
 def forward_saved(s: Tensor) -> tuple[Tensor, Tensor]:
     """The per-row pair the forward saves for scores s [M, N]: c = max(rowmax, 0), den = D * exp(-c)."""
     shift = s.amax(-1).clamp_min(0.0)
     floor = torch.exp(-shift)
-    den = (torch.exp(s - shift[:, None]) - floor[:, None]).abs().sum(-1) + EPS * floor
+    den = (torch.exp(s - shift[:, None]) - floor[:, None]).abs().sum(-1) + DEFAULT_EPS * floor
     return shift, den
 
 

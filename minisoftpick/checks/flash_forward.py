@@ -16,17 +16,21 @@ from torch import Tensor
 from .. import tolerances
 from ..attention import causal_mask
 from ..attention import naive_attention as reference_attention
-from ..kernels import interpreting, kernel_device
 from ..online import online_softpick_attention
-from .cases import LARGE_HIDDEN_SCORES, LARGE_SCORES, qkv, qkv_with_scores
+from .cases import (
+    KERNEL_HEAD_DIM,
+    LARGE_HIDDEN_SCORES,
+    LARGE_SCORES,
+    kernel_tolerance,
+    on_kernel_device,
+    qkv,
+    qkv_with_scores,
+)
 from .core import Exercise, Mismatch, Property, call
 
-TOLERANCE = tolerances.kernel(interpreting())
-D = 16  # the head dim of every case: the smallest tl.dot takes on a GPU
-
-
-def on_device(*tensors):
-    return tuple(x.float().to(kernel_device()) for x in tensors)
+TOLERANCE = kernel_tolerance()
+D = KERNEL_HEAD_DIM
+on_device = on_kernel_device
 
 
 def kernel_case(tq: int, tk: int, heads: int = 1, std: float = 1.0, **kwargs):
