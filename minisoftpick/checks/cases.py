@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import tolerances
-from .core import Call, call
+from .core import Call, Mismatch, call
 
 KERNEL_HEAD_DIM = 16  # the head dim of every kernel exercise's cases: the smallest tl.dot takes on a GPU
 
@@ -16,6 +16,19 @@ def kernel_tolerance():
     from ..kernels import interpreting  # deferred: the non-kernel exercises never load the kernels package
 
     return tolerances.kernel(interpreting())
+
+
+def launcher_tensors(result, names: str) -> tuple[Tensor, ...]:
+    """A kernel launcher's result, checked to be a tuple of one tensor per name in ``names``
+    (e.g. "out, shift, den"); Mismatch saying what came back otherwise."""
+    count = len(names.split(","))
+    if (
+        not isinstance(result, tuple | list)
+        or len(result) != count
+        or not all(isinstance(x, Tensor) for x in result)
+    ):
+        raise Mismatch(f"your launcher returned {type(result).__name__}, expected a tuple ({names})")
+    return tuple(result)
 
 
 def on_kernel_device(*tensors: Tensor) -> tuple[Tensor, ...]:

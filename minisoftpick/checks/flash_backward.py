@@ -23,6 +23,7 @@ from .cases import (
     LARGE_HIDDEN_SCORES,
     LARGE_SCORES,
     kernel_tolerance,
+    launcher_tensors,
     on_kernel_device,
     qkv_with_scores,
     randn,
@@ -261,14 +262,7 @@ def reference_dkdv(*args, **kwargs) -> tuple[Tensor, Tensor]:
 
 def gradient_pair(fn, *args, **kwargs) -> tuple[Tensor, Tensor]:
     """fn's (dk, dv), checked to be two tensors."""
-    result = fn(*args, **kwargs)
-    if (
-        not isinstance(result, tuple | list)
-        or len(result) != 2
-        or not all(isinstance(x, Tensor) for x in result)
-    ):
-        raise Mismatch(f"your launcher returned {type(result).__name__}, expected a tuple (dk, dv)")
-    return tuple(result)
+    return launcher_tensors(fn(*args, **kwargs), "dk, dv")
 
 
 def one_of_pair(index: int):

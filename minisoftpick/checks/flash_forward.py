@@ -22,6 +22,7 @@ from .cases import (
     LARGE_HIDDEN_SCORES,
     LARGE_SCORES,
     kernel_tolerance,
+    launcher_tensors,
     on_kernel_device,
     qkv,
     qkv_with_scores,
@@ -140,13 +141,7 @@ def flat_state(out, shift, den) -> torch.Tensor:
 
 def state_of(fn, q, k, v, **kwargs) -> torch.Tensor:
     """fn's (out, shift, den), checked for shapes, as one float64 vector."""
-    result = fn(q, k, v, **kwargs)
-    if (
-        not isinstance(result, tuple | list)
-        or len(result) != 3
-        or not all(isinstance(x, Tensor) for x in result)
-    ):
-        raise Mismatch(f"your launcher returned {type(result).__name__}, expected a tuple (out, shift, den)")
+    result = launcher_tensors(fn(q, k, v, **kwargs), "out, shift, den")
     rows = tuple(q.shape[:3])
     if (
         tuple(result[0].shape) != tuple(q.shape)
@@ -223,17 +218,11 @@ BLOCK = 16  # the didactic kernels' BLOCK_M = BLOCK_N
 
 def out_and_blocks(fn, q, k, v, **kwargs) -> tuple[Tensor, Tensor]:
     """fn's (out, blocks), checked for types and the shape of blocks."""
-    result = fn(q, k, v, **kwargs)
-    if (
-        not isinstance(result, tuple | list)
-        or len(result) != 2
-        or not all(isinstance(x, Tensor) for x in result)
-    ):
-        raise Mismatch(f"your launcher returned {type(result).__name__}, expected a tuple (out, blocks)")
+    result = launcher_tensors(fn(q, k, v, **kwargs), "out, blocks")
     programs = (*q.shape[:2], -(-q.shape[2] // BLOCK), 2)
     if tuple(result[1].shape) != programs:
         raise Mismatch(f"blocks has shape {tuple(result[1].shape)}, expected {programs}")
-    return tuple(result)
+    return result
 
 
 def expected_blocks(q, k, v, causal=True, scale=None) -> Tensor:
